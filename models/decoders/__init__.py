@@ -1,0 +1,90 @@
+"""Decode heads and the config ``decoder`` string -> head registry."""
+from .ham_head import BaseDecodeHead, Hamburger, LightHamHead, NMF2D, init_decoder_weights
+from .mlp_decoder import MLPDecoder
+from .fcn_head import FCNHead
+from .uper_head import UPerHead
+from .deeplabv3plus import DeepLabV3Plus
+from .nl_head import NLHead
+
+__all__ = ["BaseDecodeHead", "Hamburger", "LightHamHead", "NMF2D", "MLPDecoder", "FCNHead",
+           "UPerHead", "DeepLabV3Plus", "NLHead", "DECODERS", "build_decode_head",
+           "init_decoder_weights"]
+
+# Stage index the auxiliary FCN head reads (the reference's ``aux_index``).
+AUX_INDEX = 2
+
+
+def _aux_fcn(channels, cfg, norm):
+    """Auxiliary FCN head on backbone stage ``AUX_INDEX``."""
+    return FCNHead(channels[AUX_INDEX], num_classes=cfg.num_classes, in_index=AUX_INDEX, **norm)
+
+
+def _build_ham(cfg, channels, norm):
+    head = LightHamHead(channels[1:], cfg.num_classes, channels=cfg.decoder_embed_dim,
+                        in_index=(1, 2, 3), **norm)
+    aux_rate = cfg.get("aux_rate", 0) or 0
+    if aux_rate != 0:
+        return head, _aux_fcn(channels, cfg, norm), aux_rate
+    return head, None, 0.0
+
+
+def _build_mlp(cfg, channels, norm):
+    return MLPDecoder(channels, cfg.num_classes, embed_dim=cfg.decoder_embed_dim, **norm), None, 0.0
+
+
+def _build_uper(cfg, channels, norm):
+    head = UPerHead(channels, cfg.num_classes, channels=512, **norm)
+    return head, _aux_fcn(channels, cfg, norm), 0.4
+
+
+def _build_deeplab(cfg, channels, norm):
+    return DeepLabV3Plus(channels, cfg.num_classes, **norm), _aux_fcn(channels, cfg, norm), 0.4
+
+
+def _build_nl(cfg, channels, norm):
+    head = NLHead(channels[1:], cfg.num_classes, channels=512, in_index=(1, 2, 3), **norm)
+    return head, _aux_fcn(channels, cfg, norm), 0.4
+
+
+def _build_fcn(cfg, channels, norm):
+    head = FCNHead(channels[-1], kernel_size=3, num_classes=cfg.num_classes, in_index=-1, **norm)
+    return head, None, 0.0
+
+
+# Config ``decoder`` strings the reference builder accepts; any other value
+# falls back to the FCN head on the last stage ("FCN-32s").
+DECODERS = {
+    "ham": _build_ham,
+    "MLPDecoder": _build_mlp,
+    "UPernet": _build_uper,
+    "deeplabv3+": _build_deeplab,
+    "nl": _build_nl,
+}
+
+
+def build_decode_head(cfg, in_channels, sync_bn=True, init=True):
+    """Build the decode head (and auxiliary head) the reference builds for ``cfg.decoder``.
+
+    Args:
+        cfg (EasyDict): needs ``decoder``, ``num_classes``, ``decoder_embed_dim``
+            (ham, MLPDecoder), ``aux_rate`` (ham), ``bn_eps``, ``bn_momentum``.
+        in_channels (Sequence[int]): widths of the 4 backbone stages.
+        sync_bn (bool): synchronise head BN statistics under MPI.
+        init (bool): run the reference decoder init (Kaiming-normal convs, BN
+            weight 1 / bias 0) on both heads, as the reference does whenever the
+            segmentor is built with a criterion.
+
+    Returns:
+        (decode_head, aux_head or None, aux_rate). The auxiliary head is an
+        :class:`FCNHead` meant for backbone stage 2 (``AUX_INDEX``); it accepts
+        the feature list or that single map. ``aux_rate`` is 0.0 without it.
+    """
+    norm = dict(bn_eps=cfg.get("bn_eps", 1e-3), bn_momentum=cfg.get("bn_momentum", 0.1),
+                sync_bn=sync_bn)
+    builder = DECODERS.get(cfg.decoder, _build_fcn)
+    head, aux, aux_rate = builder(cfg, list(in_channels), norm)
+    if init:
+        head.init_weights()
+        if aux is not None:
+            aux.init_weights()
+    return head, aux, float(aux_rate)

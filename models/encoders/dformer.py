@@ -1,0 +1,398 @@
+"""DFormer (v1) RGB-D backbone.
+
+Two streams run side by side: an RGB stream of width C per stage and a depth
+stream of width C/2 that reads channel 0 of the depth input. Every block mixes
+them inside its attention; only the RGB stream is returned (four NCHW maps at
+strides 4, 8, 16, 32).
+
+Layout: stems and inter-stage downsampling work on NCHW tensors; blocks work on
+channels-last (B, H, W, C) tensors so that every Linear is one 2-D product.
+The depthwise convolutions of the blocks run on channels-last data directly
+(oneDNN on CPU), the pooled attention and its upsampling are written as 2-D
+products with small pooling / interpolation matrices, so a stage needs no
+layout permutes between its first and last block.
+
+Parameter names and state-dict order equal the official checkpoints.
+"""
+import functools
+import math
+
+import numpy as np
+import jittor as jt
+from jittor import nn
+
+from ..layers import BatchNorm2d, DropPath, GELU, interp_matrix, pool_matrix
+
+__all__ = ["DFormer", "dformer_tiny", "dformer_small", "dformer_base", "dformer_large"]
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def _mkl_ops():
+    """oneDNN custom ops of Jittor, or None when they are unavailable (or on CUDA)."""
+    if jt.flags.use_cuda:
+        return None
+    from jittor import compile_extern
+    return getattr(compile_extern, "mkl_ops", None)
+
+
+class _DepthwiseConvNHWC(jt.Function):
+    """Stride-1 depthwise convolution of a channels-last tensor through oneDNN.
+
+    Jittor's own convolution wants NCHW; calling the oneDNN op with an NHWC
+    memory tag avoids two full-size transposes per convolution.
+    """
+
+    def __init__(self, padding):
+        self.padding = padding
+
+    def execute(self, x, weight):
+        self.x, self.weight = x, weight
+        p, groups = self.padding, weight.shape[0]
+        return _mkl_ops().mkl_conv(x, weight, 1, 1, p, p, 1, 1, groups, "acdb", "oihw", "acdb")
+
+    def grad(self, dy):
+        ops, x, w, p = _mkl_ops(), self.x, self.weight, self.padding
+        groups, k = w.shape[0], w.shape[2]
+        dx = ops.mkl_conv_backward_x(w, dy, x.shape[1], x.shape[2], 1, 1, p, p, 1, 1, groups,
+                                     "acdb", "oihw", "acdb")
+        dw = ops.mkl_conv_backward_w(x, dy, k, k, 1, 1, p, p, 1, 1, groups,
+                                     "acdb", "oihw", "acdb")
+        return dx, dw
+
+
+@functools.lru_cache(maxsize=64)
+def _pool_interp_matrices(h, w, window):
+    """(window^2, h*w) adaptive-average-pool and (h*w, window^2) bilinear matrices.
+
+    Both act on flattened (row-major) spatial positions of one image, so pooling
+    a channels-last map is ``P @ x`` and upsampling back is ``U @ y``. The 2-D
+    operators are Kronecker products of PyTorch's 1-D bins / half-pixel weights.
+    """
+    pool = np.kron(pool_matrix(window, h), pool_matrix(window, w))
+    up = np.kron(interp_matrix(h, window), interp_matrix(w, window))
+    return pool.astype(np.float32), up.astype(np.float32)
+
+
+def _mix_rows(mat, x):
+    """``mat @ x[b]`` for every b: mat (P, N), x (B, N, C) -> (B, P, C), as 2-D products."""
+    if x.shape[0] == 1:
+        return jt.matmul(mat, x[0]).unsqueeze(0)
+    return jt.stack([jt.matmul(mat, x[b]) for b in range(x.shape[0])], 0)
+
+
+# ---------------------------------------------------------------------------
+# building blocks
+
+
+class ChannelsLastLayerNorm(nn.Module):
+    """LayerNorm over the last (channel) axis with the reference's eps of 1e-6.
+
+    A separate class (not ``layers.LayerNorm``): the reference optimizer treats
+    these weights differently from ``nn.LayerNorm`` ones.
+    """
+
+    def __init__(self, dim, eps=1e-6):
+        self.dim = dim
+        self.eps = eps
+        self.weight = jt.ones((dim,), dtype="float32")
+        self.bias = jt.zeros((dim,), dtype="float32")
+
+    def execute(self, x):
+        centred = x - x.mean(-1, keepdims=True)
+        var = (centred * centred).mean(-1, keepdims=True)
+        return centred * jt.rsqrt(var + self.eps) * self.weight + self.bias
+
+    def extra_repr(self):
+        return f"{self.dim}, eps={self.eps}"
+
+
+class DepthwiseConv2d(nn.Module):
+    """Depthwise k x k convolution (stride 1, 'same' padding) on channels-last tensors.
+
+    Holds ``weight`` (C, 1, k, k) and ``bias`` (C,) like ``nn.Conv2d(C, C, k, groups=C)``.
+    """
+
+    def __init__(self, dim, kernel_size):
+        self.dim = dim
+        self.kernel_size = kernel_size
+        bound = 1.0 / math.sqrt(kernel_size * kernel_size)
+        self.weight = jt.init.uniform((dim, 1, kernel_size, kernel_size), "float32", -bound, bound)
+        self.bias = jt.init.uniform((dim,), "float32", -bound, bound)
+
+    def execute(self, x):
+        pad = self.kernel_size // 2
+        if _mkl_ops() is not None:
+            y = _DepthwiseConvNHWC(pad)(x, self.weight)
+        else:
+            y = nn.conv2d(x.permute(0, 3, 1, 2), self.weight, None, 1, pad, 1, self.dim)
+            y = y.permute(0, 2, 3, 1)
+        return y + self.bias
+
+    def extra_repr(self):
+        return f"{self.dim}, kernel_size={self.kernel_size}"
+
+
+class MLP(nn.Module):
+    """norm -> fc1 -> (x + depthwise3x3(x)) -> GELU -> fc2, channels-last."""
+
+    def __init__(self, dim, mlp_ratio=4):
+        hidden = dim * mlp_ratio
+        self.norm = ChannelsLastLayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.pos = DepthwiseConv2d(hidden, 3)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.act = GELU()
+
+    def execute(self, x):
+        x = self.fc1(self.norm(x))
+        x = self.act(self.pos(x) + x)
+        return self.fc2(x)
+
+
+class Attention(nn.Module):
+    """DFormer's RGB-depth attention.
+
+    The RGB stream is gated by a 7x7 depthwise-conv branch (``q * a``); a
+    projection of it (``q_cut``) is gated by the depth stream. In stages with a
+    ``window`` the tokens are also attended by ``window**2`` queries pooled from
+    both streams, whose result is upsampled back to full resolution. The
+    concatenated branches feed ``proj`` (new RGB) and ``proj_e`` (new depth);
+    ``drop_depth`` (last block of the network) drops the depth output.
+    """
+
+    def __init__(self, dim, num_heads=8, window=7, drop_depth=False):
+        self.num_heads = num_heads
+        self.window = window
+        self.drop_depth = drop_depth
+        half = dim // 2
+        cat_dim = 2 * dim if window else dim + half
+
+        # creation order = the reference's state-dict order
+        self.q = nn.Linear(dim, dim)
+        self.q_cut = nn.Linear(dim, half)
+        self.a = nn.Linear(dim, dim)
+        self.l = nn.Linear(dim, dim)
+        self.conv = DepthwiseConv2d(dim, 7)
+        self.e_conv = DepthwiseConv2d(half, 7)
+        self.e_fore = nn.Linear(half, half)
+        self.e_back = nn.Linear(half, half)
+        self.proj = nn.Linear(cat_dim, dim)
+        if not drop_depth:
+            self.proj_e = nn.Linear(cat_dim, half)
+        if window:
+            self.short_cut_linear = nn.Linear(dim + half, half)
+            self.kv = nn.Linear(dim, dim)
+        self.act = GELU()
+        self.norm = ChannelsLastLayerNorm(dim)
+        self.norm_e = ChannelsLastLayerNorm(half)
+
+    def pooled_attention(self, x, x_e, t):
+        """Attention of ``window**2`` pooled queries over all tokens, upsampled to (H, W).
+
+        x, x_e: normalised streams; t: GELU(l(x)), source of keys and values.
+        Returns (B, H, W, C/2) with channel = head * head_dim + j.
+        """
+        b, h, w, c = t.shape
+        half, heads = c // 2, self.num_heads
+        head_dim = half // heads
+        n, win2 = h * w, self.window * self.window
+        pool_np, up_np = _pool_interp_matrices(h, w, self.window)
+        pool, up = jt.array(pool_np).stop_grad(), jt.array(up_np).stop_grad()
+
+        pooled = jt.concat([_mix_rows(pool, x.reshape(b, n, c)),
+                            _mix_rows(pool, x_e.reshape(b, n, half))], -1)
+        query = self.short_cut_linear(pooled) * (head_dim ** -0.5)        # (B, win2, C/2)
+        kv = self.kv(t).reshape(b, n, c)                                  # [k | v], head-major
+        keys, values = kv[:, :, :half], kv[:, :, half:]
+
+        # All heads in one product: query rows are replicated per head and
+        # masked to that head's columns, so row (head, i) only sees its head.
+        head_mask = np.kron(np.eye(heads, dtype=np.float32), np.ones((1, head_dim), np.float32))
+        head_mask = jt.array(head_mask.reshape(heads, 1, half)).stop_grad()
+        query = (query.unsqueeze(1) * head_mask).reshape(b, heads * win2, half)
+
+        outs = []
+        for i in range(b):
+            scores = nn.matmul_transpose(query[i], keys[i])               # (heads*win2, N)
+            mixed = jt.matmul(nn.softmax(scores, -1), values[i])          # (heads*win2, C/2)
+            mixed = (mixed.reshape(heads, win2, half) * head_mask).sum(0)  # (win2, C/2)
+            outs.append(jt.matmul(up, mixed))                             # (N, C/2)
+        out = outs[0].unsqueeze(0) if b == 1 else jt.stack(outs, 0)
+        return out.reshape(b, h, w, half)
+
+    def execute(self, x, x_e):
+        x = self.norm(x)
+        x_e = self.norm_e(x_e)
+        q = self.q(x)
+        cut = self.q_cut(x)
+        t = self.act(self.l(x))
+        a = self.a(self.conv(t))
+        e = self.e_back(self.e_conv(self.e_fore(x_e)))
+        branches = [q * a]
+        if self.window:
+            branches.append(self.pooled_attention(x, x_e, t))
+        branches.append(cut * e)
+        mixed = jt.concat(branches, -1)
+        out_e = None if self.drop_depth else self.proj_e(mixed)
+        return self.proj(mixed), out_e
+
+
+class Block(nn.Module):
+    """Attention + MLP residual block on both streams, with layer scales and DropPath.
+
+    One DropPath module serves the four residual branches; each call draws
+    its own mask.
+    """
+
+    def __init__(self, dim, num_heads, mlp_ratio=4, window=7, drop_path=0.0,
+                 drop_depth=False, layer_scale_init=1e-6):
+        self.drop_depth = drop_depth
+        self.layer_scale_1 = jt.full((dim,), layer_scale_init, "float32")
+        self.layer_scale_2 = jt.full((dim,), layer_scale_init, "float32")
+        if not drop_depth:
+            self.layer_scale_1_e = jt.full((dim // 2,), layer_scale_init, "float32")
+            self.layer_scale_2_e = jt.full((dim // 2,), layer_scale_init, "float32")
+        self.attn = Attention(dim, num_heads, window=window, drop_depth=drop_depth)
+        self.mlp = MLP(dim, mlp_ratio)
+        if not drop_depth:
+            self.mlp_e2 = MLP(dim // 2, mlp_ratio)
+        self.drop_path = DropPath(drop_path)
+
+    def execute(self, x, x_e):
+        attn_x, attn_e = self.attn(x, x_e)
+        x = x + self.drop_path(self.layer_scale_1 * attn_x)
+        x = x + self.drop_path(self.layer_scale_2 * self.mlp(x))
+        if not self.drop_depth:
+            x_e = x_e + self.drop_path(self.layer_scale_1_e * attn_e)
+            x_e = x_e + self.drop_path(self.layer_scale_2_e * self.mlp_e2(x_e))
+        return x, x_e
+
+
+# ---------------------------------------------------------------------------
+# backbone
+
+
+def _stem(in_channels, out_channels):
+    """Two stride-2 3x3 convs (BN after each, GELU between): stride 4 overall."""
+    mid = out_channels // 2
+    return nn.Sequential(
+        nn.Conv2d(in_channels, mid, 3, stride=2, padding=1),
+        BatchNorm2d(mid, sync=False),
+        GELU(),
+        nn.Conv2d(mid, out_channels, 3, stride=2, padding=1),
+        BatchNorm2d(out_channels, sync=False),
+    )
+
+
+def _downsample(in_channels, out_channels, sync_bn):
+    return nn.Sequential(
+        BatchNorm2d(in_channels, sync=sync_bn),
+        nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1),
+    )
+
+
+def _drop_path_rates(rate, n):
+    """``torch.linspace(0, rate, n)`` in float32, as Python floats."""
+    if n == 1:
+        return [0.0]
+    step = np.float32((np.float32(rate) - np.float32(0.0)) / np.float32(n - 1))
+    half = n // 2
+    return [float(np.float32(i) * step) if i < half
+            else float(np.float32(rate) - step * np.float32(n - 1 - i)) for i in range(n)]
+
+
+class DFormer(nn.Module):
+    """DFormer backbone: ``execute(rgb, depth)`` -> list of 4 NCHW RGB feature maps."""
+
+    def __init__(self, dims=(32, 64, 128, 256), depths=(2, 2, 8, 2), num_heads=(1, 2, 4, 8),
+                 mlp_ratios=(8, 8, 4, 4), windows=(0, 7, 7, 7), drop_path_rate=0.1, sync_bn=True):
+        self.dims = tuple(dims)
+        self.depths = tuple(depths)
+        self.out_channels = list(dims)
+
+        self.downsample_layers = nn.ModuleList()
+        self.downsample_layers.append(_stem(3, dims[0]))
+        for i in range(len(dims) - 1):
+            self.downsample_layers.append(_downsample(dims[i], dims[i + 1], sync_bn))
+        self.downsample_layers_e = nn.ModuleList()
+        self.downsample_layers_e.append(_stem(1, dims[0] // 2))
+        for i in range(len(dims) - 1):
+            self.downsample_layers_e.append(_downsample(dims[i] // 2, dims[i + 1] // 2, sync_bn))
+
+        rates = _drop_path_rates(drop_path_rate, sum(depths))
+        last_stage = len(dims) - 1
+        self.stages = nn.ModuleList()
+        cur = 0
+        for i, depth in enumerate(depths):
+            blocks = [Block(dims[i], num_heads[i], mlp_ratio=mlp_ratios[i], window=windows[i],
+                            drop_path=rates[cur + j],
+                            drop_depth=(i == last_stage and j == depth - 1))
+                      for j in range(depth)]
+            self.stages.append(nn.Sequential(*blocks))
+            cur += depth
+
+    def init_weights(self):
+        """From-scratch initialisation matching PyTorch's defaults for each layer type."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d, DepthwiseConv2d)):
+                fan_in = int(np.prod(m.weight.shape[1:]))
+                bound = 1.0 / math.sqrt(fan_in)
+                m.weight.assign(jt.init.uniform(m.weight.shape, "float32", -bound, bound))
+                if m.bias is not None:
+                    m.bias.assign(jt.init.uniform(m.bias.shape, "float32", -bound, bound))
+            elif isinstance(m, (ChannelsLastLayerNorm, BatchNorm2d)):
+                m.weight.assign(jt.ones(m.weight.shape, "float32"))
+                m.bias.assign(jt.zeros(m.bias.shape, "float32"))
+                if isinstance(m, BatchNorm2d):
+                    m.running_mean.assign(jt.zeros(m.running_mean.shape, "float32"))
+                    m.running_var.assign(jt.ones(m.running_var.shape, "float32"))
+                    m.num_batches_tracked.assign(jt.zeros(m.num_batches_tracked.shape, "int64"))
+            elif isinstance(m, Block):
+                for name in ("layer_scale_1", "layer_scale_2", "layer_scale_1_e", "layer_scale_2_e"):
+                    if hasattr(m, name):
+                        v = getattr(m, name)
+                        v.assign(jt.full(v.shape, 1e-6, "float32"))
+
+    def execute(self, rgb, depth=None):
+        if depth is None:
+            depth = rgb
+        x, x_e = rgb, depth[:, 0:1]
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = self.downsample_layers[i](x).permute(0, 2, 3, 1)
+            x_e = self.downsample_layers_e[i](x_e).permute(0, 2, 3, 1)
+            for block in stage:
+                x, x_e = block(x, x_e)
+            x = x.permute(0, 3, 1, 2)
+            outs.append(x)
+            if i + 1 < len(self.stages):
+                x_e = x_e.permute(0, 3, 1, 2)
+        return outs
+
+
+# ---------------------------------------------------------------------------
+# variants
+
+
+def _dformer(dims, depths, drop_path_rate, sync_bn):
+    return DFormer(dims=dims, depths=depths, num_heads=(1, 2, 4, 8), mlp_ratios=(8, 8, 4, 4),
+                   windows=(0, 7, 7, 7), drop_path_rate=drop_path_rate, sync_bn=sync_bn)
+
+
+def dformer_tiny(drop_path_rate=0.1, sync_bn=True):
+    return _dformer((32, 64, 128, 256), (3, 3, 5, 2), drop_path_rate, sync_bn)
+
+
+def dformer_small(drop_path_rate=0.1, sync_bn=True):
+    return _dformer((64, 128, 256, 512), (2, 2, 4, 2), drop_path_rate, sync_bn)
+
+
+def dformer_base(drop_path_rate=0.1, sync_bn=True):
+    return _dformer((64, 128, 256, 512), (3, 3, 12, 2), drop_path_rate, sync_bn)
+
+
+def dformer_large(drop_path_rate=0.1, sync_bn=True):
+    return _dformer((96, 192, 288, 576), (3, 3, 12, 2), drop_path_rate, sync_bn)

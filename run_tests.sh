@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs what is needed (install.sh) and runs the test suite.
+# Extra arguments go to pytest, e.g. `bash run_tests.sh -m slow` or `bash run_tests.sh -k parity`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+bash install.sh
+VENV=${DFORMER_VENV:-.venv}
+PY=python3
+[ "$VENV" != "none" ] && PY="$VENV/bin/python"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+exec "$PY" -m pytest -ra "$@" tests

@@ -1,0 +1,123 @@
+"""Model zoo structure: every config builds with the official state-dict layout; training
+signals reach every trainable tensor; bad checkpoints and config names fail clearly."""
+import os
+
+import numpy as np
+import pytest
+
+from conftest import load_manifest, parity_root
+
+import jittor as jt
+from local_configs import list_configs, load_config
+from models.builder import EncoderDecoder, build_model
+from utils.checkpoint import CheckpointError
+
+OFFICIAL = [name for name in list_configs() if name.split(".")[1] in ("NYUDepthv2", "SUNRGBD")]
+
+
+def _shape(shape):
+    shape = tuple(shape)
+    return (1,) if shape == () else shape
+
+
+def test_fourteen_official_configs():
+    assert len(OFFICIAL) == 14
+
+
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_state_dict_matches_manifest(name):
+    entry = load_manifest()["configs"].get(name[len("local_configs."):].replace(".", "/"))
+    if entry is None:
+        pytest.skip(f"{name} not in the manifest")
+    cfg = load_config(name)
+    model = EncoderDecoder(cfg, load_pretrained=False)
+    ours = [(k, _shape(v.shape)) for k, v in model.state_dict().items()]
+    ref = [(k, _shape(s)) for k, s, _ in entry["state_dict"]]
+    assert [k for k, _ in ours] == [k for k, _ in ref], "state-dict keys or their order differ"
+    assert ours == ref, "state-dict shapes differ"
+    trainable = {k: v for k, v in model.state_dict().items() if not v.is_stop_grad()}
+    counts = entry["param_counts"]
+    assert sum(int(np.prod(v.shape)) for v in trainable.values()) == counts["total"]
+    assert sum(int(np.prod(v.shape)) for k, v in trainable.items() if k.startswith("backbone.")) \
+        == counts["backbone"]
+    assert sum(int(np.prod(v.shape)) for k, v in trainable.items() if k.startswith("decode_head.")) \
+        == counts["decode_head"]
+
+
+BACKBONE_CONFIGS = ["local_configs.NYUDepthv2.DFormer_Tiny", "local_configs.NYUDepthv2.DFormer_Small",
+                    "local_configs.NYUDepthv2.DFormer_Base", "local_configs.NYUDepthv2.DFormer_Large",
+                    "local_configs.NYUDepthv2.DFormerv2_S", "local_configs.NYUDepthv2.DFormerv2_B",
+                    "local_configs.NYUDepthv2.DFormerv2_L"]
+
+
+@pytest.mark.parametrize("name", BACKBONE_CONFIGS)
+def test_forward_backward_reaches_every_trainable_tensor(name):
+    cfg = load_config(name)
+    model = EncoderDecoder(cfg, load_pretrained=False)
+    model.train()
+    rng = np.random.RandomState(0)
+    rgb = jt.array(rng.randn(2, 3, 64, 64).astype(np.float32))
+    depth = jt.array(np.repeat(rng.randn(2, 1, 64, 64).astype(np.float32), 3, axis=1))
+    label = rng.randint(0, cfg.num_classes, size=(2, 64, 64))
+    label[:, :8] = 255
+    loss = model(rgb, depth, jt.array(label.astype(np.int32)))
+    assert np.isfinite(loss.item())
+    state = model.state_dict()
+    trainable = [(k, v) for k, v in state.items() if not v.is_stop_grad()]
+    grads = jt.grad(loss, [v for _, v in trainable])
+    no_grad = [k for (k, _), g in zip(trainable, grads) if not np.any(g.numpy())]
+    assert not no_grad, f"parameters without gradient: {no_grad[:10]}"
+    buffers = [k for k, v in state.items() if v.is_stop_grad()]
+    assert all(k.endswith(("running_mean", "running_var", "num_batches_tracked", "Geo.angle", "Geo.decay"))
+               for k in buffers), buffers
+    if "DFormerv2" in name:
+        assert any(k.endswith("Geo.angle") for k in buffers)
+
+
+def test_checkpoint_of_another_variant_is_rejected():
+    trained = os.path.join(parity_root(), "NYUDepthv2", "DFormer_Tiny", "trained.pth")
+    if not os.path.isfile(trained):
+        pytest.skip("DFormer_Tiny fixture checkpoint not available")
+    cfg = load_config("local_configs.NYUDepthv2.DFormer_Small")
+    with pytest.raises(CheckpointError) as info:
+        build_model(cfg, checkpoint=trained)
+    message = str(info.value)
+    assert trained in message and "shape mismatch" in message and "another model variant" in message
+
+
+def test_missing_checkpoint_file_is_named(tmp_path):
+    cfg = load_config("local_configs.NYUDepthv2.DFormer_Tiny")
+    missing = str(tmp_path / "nope.pth")
+    with pytest.raises(CheckpointError, match="not found: .*nope.pth"):
+        build_model(cfg, checkpoint=missing)
+
+
+def test_corrupt_checkpoint_file_is_named(tmp_path):
+    cfg = load_config("local_configs.NYUDepthv2.DFormer_Tiny")
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(CheckpointError, match="broken.pth"):
+        build_model(cfg, checkpoint=str(bad))
+
+
+def test_missing_pretrained_backbone_is_an_error(tmp_path):
+    cfg = load_config("local_configs.NYUDepthv2.DFormer_Tiny")
+    cfg.pretrained_model = str(tmp_path / "DFormer_Tiny.pth.tar")
+    with pytest.raises(FileNotFoundError, match="DFormer_Tiny.pth.tar"):
+        EncoderDecoder(cfg)
+
+
+def test_unknown_config_name():
+    with pytest.raises(ValueError, match="NYUDepthv2.DFormer_Huge.*does not exist"):
+        load_config("local_configs.NYUDepthv2.DFormer_Huge")
+
+
+def test_configs_import_without_side_effects(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = load_config("local_configs.NYUDepthv2.DFormer_Base")
+    b = load_config("local_configs.SUNRGBD.DFormerv2_S")
+    assert os.listdir(tmp_path) == []
+    assert (a.num_classes, b.num_classes) == (40, 37)
+    assert (a.backbone, b.backbone) == ("DFormer-Base", "DFormerv2_S")
+    assert (a.niters_per_epoch, b.niters_per_epoch) == (100, 331)
+    assert b.color_order == "RGB" and a.color_order == "BGR"

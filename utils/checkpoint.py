@@ -1,0 +1,247 @@
+"""Checkpoint reading, key mapping, strict loading and atomic saving, in one place.
+
+Formats read (no torch needed):
+
+* PyTorch files ``.pth`` / ``.pt`` / ``.pth.tar`` / ``.bin`` through Jittor's own
+  PyTorch reader (``.pth.tar`` is routed to it under a ``.pth`` alias),
+* Jittor pickles ``.pkl`` (what :func:`save_checkpoint` writes).
+
+Layouts understood:
+
+* trained segmentor checkpoints: ``{"model": sd, ...}``, ``{"state_dict": sd}`` or a bare
+  state dict, optionally with a ``module.`` prefix (DDP);
+* ImageNet-pretrained backbones: ``state_dict_ema`` (preferred), ``state_dict`` or
+  ``model`` entries, keys with or without ``backbone.`` / ``module.`` prefixes.
+"""
+import os
+import re
+import tempfile
+from collections import OrderedDict
+
+import numpy as np
+
+from utils import runtime  # noqa: F401  (jittor set-up)
+import jittor as jt
+
+# Keys present in the released DFormer (v1) checkpoints that the model does not build
+# (four output norms whose construction is commented out in the reference).
+KNOWN_EXTRA_KEYS = re.compile(r"^(backbone\.)?norm[0-3]\.(weight|bias)$")
+
+PYTORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar", ".bin")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def _to_numpy(value):
+    if isinstance(value, jt.Var):
+        return value.numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach"):  # a torch tensor, if the caller passed one
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def read_checkpoint(path):
+    """Read a checkpoint file into a Python object (dicts of numpy arrays for tensors)."""
+    if not path:
+        raise CheckpointError("No checkpoint path given.")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Checkpoint file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"Checkpoint file is empty: {path}")
+    try:
+        if path.endswith(".pkl"):
+            obj = jt.load(path)
+        elif path.endswith(PYTORCH_SUFFIXES):
+            obj = _read_pytorch(path)
+        else:
+            raise CheckpointError(f"Unknown checkpoint extension for {path}; expected one of "
+                                  f"{', '.join(PYTORCH_SUFFIXES + ('.pkl',))}")
+    except CheckpointError:
+        raise
+    except Exception as exc:  # jittor raises assorted types on corrupt files
+        raise CheckpointError(f"Could not read checkpoint {path}: {type(exc).__name__}: {exc}. "
+                              "The file may be truncated or not a checkpoint.") from exc
+    if obj is None:
+        raise CheckpointError(f"Could not read checkpoint {path}.")
+    return _dict_to_numpy(obj)
+
+
+def _read_pytorch(path):
+    from jittor_utils.load_pytorch import load_pytorch
+    if path.endswith((".pth", ".pt", ".bin")):
+        return load_pytorch(path)
+    # Jittor's reader dispatches on the suffix; give it a .pth alias.
+    with tempfile.TemporaryDirectory() as tmp:
+        alias = os.path.join(tmp, "checkpoint.pth")
+        os.symlink(os.path.abspath(path), alias)
+        return load_pytorch(alias)
+
+
+def _dict_to_numpy(obj):
+    if isinstance(obj, dict):
+        return type(obj)((k, _dict_to_numpy(v)) for k, v in obj.items()) \
+            if isinstance(obj, OrderedDict) else {k: _dict_to_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, jt.Var):
+        return obj.numpy()
+    return obj
+
+
+def _is_state_dict(obj):
+    return isinstance(obj, dict) and obj and all(
+        isinstance(v, np.ndarray) or np.isscalar(v) for v in obj.values())
+
+
+def segmentor_state_dict(obj, source="checkpoint"):
+    """The segmentor state dict inside a trained checkpoint (``model`` > ``state_dict`` > bare)."""
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not _is_state_dict(obj):
+        raise CheckpointError(f"{source}: no state dict found (expected a 'model' or "
+                              "'state_dict' entry, or a bare state dict).")
+    keys = list(obj)
+    if keys and all(k.startswith("module.") for k in keys):
+        obj = OrderedDict((k[len("module."):], v) for k, v in obj.items())
+    return obj
+
+
+def backbone_state_dict(obj, source="checkpoint"):
+    """The backbone state dict inside an ImageNet-pretrained (or trained) checkpoint."""
+    for key in ("state_dict_ema", "state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not _is_state_dict(obj):
+        raise CheckpointError(f"{source}: no backbone state dict found (expected "
+                              "'state_dict_ema', 'state_dict' or 'model').")
+    out = OrderedDict()
+    for k, v in obj.items():
+        k = k[len("module."):] if k.startswith("module.") else k
+        if k.startswith("backbone."):
+            k = k[len("backbone."):]
+        elif k.startswith(("decode_head.", "aux_head.", "head.")):
+            continue  # a full segmentor or a classifier head: keep the backbone part
+        out[k] = v
+    return out
+
+
+class LoadReport:
+    """What happened when a state dict was loaded into a module."""
+
+    def __init__(self, loaded, missing, unexpected, harmless, mismatched):
+        self.loaded = loaded
+        self.missing = missing
+        self.unexpected = unexpected
+        self.harmless = harmless
+        self.mismatched = mismatched
+
+    @property
+    def ok(self):
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self):
+        parts = [f"{len(self.loaded)} tensors loaded"]
+        if self.harmless:
+            parts.append(f"{len(self.harmless)} known extra keys ignored ({', '.join(self.harmless)})")
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing: {', '.join(self.missing[:10])}"
+                         + (" ..." if len(self.missing) > 10 else ""))
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected: {', '.join(self.unexpected[:10])}"
+                         + (" ..." if len(self.unexpected) > 10 else ""))
+        if self.mismatched:
+            parts.append("shape mismatch: " + "; ".join(
+                f"{k} checkpoint {a} vs model {b}" for k, a, b in self.mismatched[:10]))
+        return ", ".join(parts)
+
+
+def _same_shape(ckpt_shape, model_shape):
+    # PyTorch 0-d scalars (num_batches_tracked) are (1,) in Jittor.
+    return tuple(ckpt_shape) == tuple(model_shape) or (
+        tuple(ckpt_shape) in ((), (1,)) and tuple(model_shape) in ((), (1,)))
+
+
+def load_state_dict(module, state_dict, strict=True, source="checkpoint"):
+    """Copy ``state_dict`` into ``module``.
+
+    Every model tensor must be present with the right shape, and every checkpoint key
+    must be used, except the known harmless extras (reported, not silently dropped).
+    ``strict=False`` turns missing/unexpected keys into a report instead of an error;
+    a shape mismatch is always an error.
+    """
+    own = module.state_dict()
+    loaded, unexpected, harmless, mismatched = [], [], [], []
+    for key, value in state_dict.items():
+        if key not in own:
+            (harmless if KNOWN_EXTRA_KEYS.match(key) else unexpected).append(key)
+            continue
+        value = np.asarray(_to_numpy(value))
+        target = own[key]
+        if not _same_shape(value.shape, target.shape):
+            mismatched.append((key, tuple(value.shape), tuple(target.shape)))
+            continue
+        loaded.append(key)
+    missing = [k for k in own if k not in state_dict]
+    report = LoadReport(loaded, missing, unexpected, harmless, mismatched)
+    if mismatched or (strict and not report.ok):
+        hint = ""
+        if mismatched or len(missing) > len(own) // 2:
+            hint = (" The checkpoint was probably made for another model variant or dataset: "
+                    "check --config against the checkpoint.")
+        raise CheckpointError(f"{source} does not fit the model: {report.summary()}.{hint}")
+    for key in loaded:
+        target = own[key]
+        value = np.asarray(_to_numpy(state_dict[key])).reshape(target.shape)
+        was_stopped = target.is_stop_grad()
+        target.update(jt.array(value.astype(target.dtype, copy=False)))
+        if was_stopped:
+            target.stop_grad()
+    return report
+
+
+def load_trained_weights(model, path, strict=True):
+    """Load a trained segmentor checkpoint (official ``.pth`` or ours) into ``model``."""
+    obj = read_checkpoint(path)
+    return load_state_dict(model, segmentor_state_dict(obj, path), strict=strict, source=path)
+
+
+def load_pretrained_backbone(backbone, path):
+    """Load ImageNet-pretrained weights into ``backbone`` (all backbone keys must match)."""
+    obj = read_checkpoint(path)
+    sd = backbone_state_dict(obj, path)
+    own = backbone.state_dict()
+    # BN counters are not needed to initialise a backbone; everything else must be there.
+    sd = OrderedDict(sd)
+    for key in own:
+        if key.endswith("num_batches_tracked") and key not in sd:
+            sd[key] = np.zeros((1,), dtype=np.int64)
+    return load_state_dict(backbone, sd, strict=True, source=path)
+
+
+def model_state_numpy(module):
+    """``module.state_dict()`` as an ordered dict of numpy arrays."""
+    return OrderedDict((k, v.numpy()) for k, v in module.state_dict().items())
+
+
+def atomic_save(obj, path):
+    """Write ``obj`` with ``jt.save`` to a temporary file, then rename over ``path``.
+
+    A crash while writing leaves the previous file untouched.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pkl", dir=folder)
+    os.close(fd)
+    try:
+        jt.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,162 @@
+"""Process-wide Jittor set-up. Import this module before ``import jittor``.
+
+It does three things, once per process:
+
+1. Hides ``nvcc`` from Jittor when no CUDA driver is present. Jittor otherwise
+   tries to compile CUDA kernels at import and crashes on machines that have the
+   compiler but no GPU runtime.
+2. Makes oneDNN available offline. Jittor downloads a oneDNN 2.2 build into
+   ``~/.cache/jittor/mkl`` at import; without network that fails. A system oneDNN
+   (Debian/Ubuntu ``libdnnl-dev``) is API-compatible, so we expose it under the
+   folder name Jittor looks for. The folder is assembled in a temporary
+   directory and renamed into place, so an interrupted run never leaves a
+   half-written cache behind.
+3. Falls back to ``use_mkl=0`` with one clear warning when no oneDNN exists
+   (CPU convolutions are then roughly two orders of magnitude slower).
+
+Call :func:`init_device` after importing jittor to select CPU or CUDA.
+"""
+import glob
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+
+_DNNL_DIRNAME = "dnnl_lnx_2.2.0_cpu_gomp"  # the folder name jittor's setup_mkl expects
+_SYSTEM_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
+                    "/usr/lib", "/usr/local/lib")
+_SYSTEM_INCLUDE_DIRS = ("/usr/include", "/usr/local/include")
+_FIX_HINT = ("Install oneDNN (Debian/Ubuntu: `apt-get install libdnnl-dev`) and run again; "
+             "`bash run_tests.sh` and `bash quickstart.sh` do this for you.")
+
+DNNL_STATUS = "not checked"
+
+
+def _has_cuda_driver():
+    """True when a CUDA driver library can be loaded (a GPU runtime exists)."""
+    for name in ("libcuda.so.1", "libcuda.so"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _find_system_dnnl():
+    """Return (include_dir, library_path) of a system oneDNN, or None."""
+    for inc in _SYSTEM_INCLUDE_DIRS:
+        if not os.path.isfile(os.path.join(inc, "dnnl.h")):
+            continue
+        for libdir in _SYSTEM_LIB_DIRS:
+            for cand in ("libdnnl.so", "libdnnl.so.3", "libdnnl.so.2"):
+                path = os.path.join(libdir, cand)
+                if os.path.exists(path):
+                    return inc, os.path.realpath(path)
+    return None
+
+
+def _dnnl_ready(folder):
+    return (os.path.isfile(os.path.join(folder, "lib", "libmkldnn.so"))
+            and os.path.isfile(os.path.join(folder, "include", "dnnl.h")))
+
+
+def _install_dnnl_link(mkl_root, include_dir, lib_path):
+    """Atomically create mkl_root/<_DNNL_DIRNAME> pointing at the system oneDNN."""
+    os.makedirs(mkl_root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".dnnl-tmp-", dir=mkl_root)
+    try:
+        os.makedirs(os.path.join(tmp, "include"))
+        os.makedirs(os.path.join(tmp, "lib"))
+        # Headers: dnnl*.h / *.hpp plus the oneapi/ tree newer releases use.
+        for path in glob.glob(os.path.join(include_dir, "dnnl*")) + \
+                glob.glob(os.path.join(include_dir, "oneapi")):
+            os.symlink(path, os.path.join(tmp, "include", os.path.basename(path)))
+        os.symlink(lib_path, os.path.join(tmp, "lib", "libmkldnn.so"))
+        final = os.path.join(mkl_root, _DNNL_DIRNAME)
+        if os.path.lexists(final):
+            shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _setup_dnnl():
+    global DNNL_STATUS
+    if os.environ.get("use_mkl") == "0":
+        DNNL_STATUS = "disabled by use_mkl=0"
+        return
+    if os.environ.get("mkl_include_path") and os.environ.get("mkl_lib_path"):
+        DNNL_STATUS = "user-provided"
+        return
+    mkl_root = os.path.join(os.path.expanduser("~"), ".cache", "jittor", "mkl")
+    folder = os.path.join(mkl_root, _DNNL_DIRNAME)
+    # Remove leftovers of an interrupted earlier set-up.
+    for stale in glob.glob(os.path.join(mkl_root, ".dnnl-tmp-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    if _dnnl_ready(folder):
+        DNNL_STATUS = f"oneDNN at {os.path.realpath(os.path.join(folder, 'lib', 'libmkldnn.so'))}"
+        return
+    if os.path.lexists(folder):  # broken links or a partial download: start over
+        shutil.rmtree(folder, ignore_errors=True)
+    found = _find_system_dnnl()
+    if found is None:
+        os.environ["use_mkl"] = "0"
+        DNNL_STATUS = "not found: use_mkl=0"
+        warnings.warn("oneDNN not found: Jittor will run without it (use_mkl=0), so CPU "
+                      "convolutions and matrix products will be very slow. " + _FIX_HINT,
+                      RuntimeWarning, stacklevel=3)
+        return
+    try:
+        _install_dnnl_link(mkl_root, *found)
+    except OSError as exc:
+        os.environ["use_mkl"] = "0"
+        DNNL_STATUS = f"link failed ({exc}): use_mkl=0"
+        warnings.warn(f"Could not expose the system oneDNN to Jittor ({exc}); running with "
+                      "use_mkl=0, CPU convolutions will be very slow. " + _FIX_HINT,
+                      RuntimeWarning, stacklevel=3)
+        return
+    DNNL_STATUS = f"oneDNN at {found[1]}"
+
+
+def _setup_cuda_visibility():
+    if "nvcc_path" in os.environ:
+        return
+    if not _has_cuda_driver():
+        os.environ["nvcc_path"] = ""
+
+
+def _configure():
+    if "jittor" in sys.modules:
+        warnings.warn("utils.runtime imported after jittor: the CPU/CUDA and oneDNN set-up "
+                      "may not take effect.", RuntimeWarning, stacklevel=3)
+    os.environ.setdefault("log_silent", "1")  # keep Jittor's compile chatter out of the logs
+    _setup_cuda_visibility()
+    _setup_dnnl()
+
+
+_configure()
+
+
+def init_device(use_cuda=None):
+    """Select the device: CUDA when Jittor finds one (or when forced), else CPU.
+
+    Returns "cuda" or "cpu".
+    """
+    import jittor as jt
+    if use_cuda is None:
+        use_cuda = bool(jt.has_cuda)
+    if use_cuda and not jt.has_cuda:
+        raise RuntimeError("CUDA was requested but Jittor found no usable GPU/CUDA runtime.")
+    jt.flags.use_cuda = 1 if use_cuda else 0
+    return "cuda" if use_cuda else "cpu"
+
+
+def describe():
+    """One line describing the runtime, for logs and benchmarks."""
+    import jittor as jt
+    device = "cuda" if jt.flags.use_cuda else "cpu"
+    return (f"jittor {jt.__version__}, device {device}, threads {os.cpu_count()}, "
+            f"oneDNN: {DNNL_STATUS}")
