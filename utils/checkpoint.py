@@ -198,7 +198,7 @@ def load_state_dict(module, state_dict, strict=True, source="checkpoint"):
         target = own[key]
         value = np.asarray(_to_numpy(state_dict[key])).reshape(target.shape)
         was_stopped = target.is_stop_grad()
-        target.update(jt.array(value.astype(target.dtype, copy=False)))
+        target.update(jt.array(value.astype(str(target.dtype), copy=False)))
         if was_stopped:
             target.stop_grad()
     return report

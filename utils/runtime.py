@@ -16,6 +16,7 @@ It does three things, once per process:
 
 Call :func:`init_device` after importing jittor to select CPU or CUDA.
 """
+import ctypes
 import glob
 import os
 import shutil

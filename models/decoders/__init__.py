@@ -7,7 +7,7 @@ from .deeplabv3plus import DeepLabV3Plus
 from .nl_head import NLHead
 
 __all__ = ["BaseDecodeHead", "Hamburger", "LightHamHead", "NMF2D", "MLPDecoder", "FCNHead",
-           "UPerHead", "DeepLabV3Plus", "NLHead", "DECODERS", "build_decode_head",
+           "UPerHead", "DeepLabV3Plus", "NLHead", "DECODERS", "AUX_INDEX", "build_decode_head",
            "init_decoder_weights"]
 
 # Stage index the auxiliary FCN head reads (the reference's ``aux_index``).

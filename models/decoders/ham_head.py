@@ -182,9 +182,10 @@ class NMF2D(nn.Module):
 
 
 class Hamburger(nn.Module):
-    """``ham_in`` (1x1 conv + bias) -> ReLU -> NMF2D -> ``ham_out`` (1x1 conv + BN), residual, ReLU."""
+    """ham_in (1x1 conv, bias) -> ReLU -> NMF2D -> ham_out (1x1 conv + BN); residual, ReLU."""
 
-    def __init__(self, ham_channels=512, bn_eps=1e-3, bn_momentum=0.1, sync_bn=True, **nmf_kwargs):
+    def __init__(self, ham_channels=512, bn_eps=1e-3, bn_momentum=0.1, sync_bn=True,
+                 **nmf_kwargs):
         self.ham_in = ConvModule(ham_channels, ham_channels, 1, norm=False, act=None)
         self.ham = NMF2D(**nmf_kwargs)
         self.ham_out = configure_norms(

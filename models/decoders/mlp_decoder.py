@@ -36,13 +36,12 @@ class MLPDecoder(nn.Module):
 
     def __init__(self, in_channels=(64, 128, 320, 512), num_classes=40, dropout_ratio=0.1,
                  embed_dim=768, bn_eps=1e-3, bn_momentum=0.1, sync_bn=True, align_corners=False):
-        assert dropout_ratio > 0, "the reference MLP decoder always applies its dropout"
         self.in_channels = list(in_channels)
         self.num_classes = num_classes
         self.align_corners = align_corners
         self.bn_eps = bn_eps
         self.bn_momentum = bn_momentum
-        self.dropout = nn.Dropout2d(dropout_ratio, is_train=True)
+        self.dropout = nn.Dropout2d(dropout_ratio, is_train=True) if dropout_ratio > 0 else None
         c1, c2, c3, c4 = self.in_channels
         self.linear_c4 = MLP(c4, embed_dim)
         self.linear_c3 = MLP(c3, embed_dim)
@@ -65,7 +64,9 @@ class MLPDecoder(nn.Module):
             y = mlp(x).transpose((0, 2, 1)).reshape((b, -1, h, w))
             outs.append(resize(y, size, align_corners=self.align_corners))
         x = self.linear_fuse(jt.concat(outs, dim=1))
-        return self.linear_pred(self.dropout(x))
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return self.linear_pred(x)
 
     def init_weights(self):
         """Reference decoder init (Kaiming-normal convs, BN weight 1 / bias 0; Linear untouched)."""

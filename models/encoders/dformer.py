@@ -76,10 +76,31 @@ def _pool_interp_matrices(h, w, window):
     return pool.astype(np.float32), up.astype(np.float32)
 
 
+def _linear_with_ones(x, linear):
+    """``linear(x)`` with the bias folded into the product.
+
+    ``x`` gets a trailing column of ones and the weight the bias as an extra
+    column, so the (wide) output is written once instead of being re-read and
+    re-written by a separate bias addition; padding the narrow input is cheaper.
+    Used where the output feeds an opaque op (a convolution) that cannot absorb
+    the addition.
+    """
+    c = x.shape[-1]
+    ones = x.reindex(list(x.shape[:-1]) + [c + 1], [f"i{d}" for d in range(x.ndim)],
+                     overflow_value=1.0)
+    weight = jt.concat([linear.weight, linear.bias.unsqueeze(1)], 1)
+    return nn.matmul_transpose(ones, weight)
+
+
+def _item(x, i):
+    """``x[i]`` along the batch axis; a free reshape when the batch has one element."""
+    return x.reshape(x.shape[1:]) if x.shape[0] == 1 else x[i]
+
+
 def _mix_rows(mat, x):
     """``mat @ x[b]`` for every b: mat (P, N), x (B, N, C) -> (B, P, C), as 2-D products."""
     if x.shape[0] == 1:
-        return jt.matmul(mat, x[0]).unsqueeze(0)
+        return jt.matmul(mat, _item(x, 0)).unsqueeze(0)
     return jt.stack([jt.matmul(mat, x[b]) for b in range(x.shape[0])], 0)
 
 
@@ -147,7 +168,7 @@ class MLP(nn.Module):
         self.act = GELU()
 
     def execute(self, x):
-        x = self.fc1(self.norm(x))
+        x = _linear_with_ones(self.norm(x), self.fc1)
         x = self.act(self.pos(x) + x)
         return self.fc2(x)
 
@@ -204,9 +225,16 @@ class Attention(nn.Module):
 
         pooled = jt.concat([_mix_rows(pool, x.reshape(b, n, c)),
                             _mix_rows(pool, x_e.reshape(b, n, half))], -1)
-        query = self.short_cut_linear(pooled) * (head_dim ** -0.5)        # (B, win2, C/2)
-        kv = self.kv(t).reshape(b, n, c)                                  # [k | v], head-major
-        keys, values = kv[:, :, :half], kv[:, :, half:]
+        query = self.short_cut_linear(pooled) * (head_dim ** -0.5)  # (B, win2, C/2)
+
+        # kv's output is [keys | values], head-major. Both halves are computed
+        # without their bias: a key bias adds the same constant to every score
+        # of a query row (softmax ignores it), and since softmax rows sum to 1
+        # the value bias can be added after the weighted sum.
+        tokens = t.reshape(b, n, c)
+        keys = nn.matmul_transpose(tokens, self.kv.weight[:half])
+        values = nn.matmul_transpose(tokens, self.kv.weight[half:])
+        value_bias = self.kv.bias[half:]
 
         # All heads in one product: query rows are replicated per head and
         # masked to that head's columns, so row (head, i) only sees its head.
@@ -216,10 +244,10 @@ class Attention(nn.Module):
 
         outs = []
         for i in range(b):
-            scores = nn.matmul_transpose(query[i], keys[i])               # (heads*win2, N)
-            mixed = jt.matmul(nn.softmax(scores, -1), values[i])          # (heads*win2, C/2)
-            mixed = (mixed.reshape(heads, win2, half) * head_mask).sum(0)  # (win2, C/2)
-            outs.append(jt.matmul(up, mixed))                             # (N, C/2)
+            scores = nn.matmul_transpose(_item(query, i), _item(keys, i))   # (heads*win2, N)
+            mixed = jt.matmul(nn.softmax(scores, -1), _item(values, i))      # (heads*win2, C/2)
+            mixed = (mixed.reshape(heads, win2, half) * head_mask).sum(0)    # (win2, C/2)
+            outs.append(jt.matmul(up, mixed + value_bias))                   # (N, C/2)
         out = outs[0].unsqueeze(0) if b == 1 else jt.stack(outs, 0)
         return out.reshape(b, h, w, half)
 
@@ -295,13 +323,17 @@ def _downsample(in_channels, out_channels, sync_bn):
 
 
 def _drop_path_rates(rate, n):
-    """``torch.linspace(0, rate, n)`` in float32, as Python floats."""
+    """``torch.linspace(0, rate, n)`` (float32, fused multiply-add) as Python floats.
+
+    Both halves are evaluated in float64 and rounded once, as PyTorch's
+    vectorised kernel does; the values match the reference bit for bit.
+    """
     if n == 1:
         return [0.0]
-    step = np.float32((np.float32(rate) - np.float32(0.0)) / np.float32(n - 1))
-    half = n // 2
-    return [float(np.float32(i) * step) if i < half
-            else float(np.float32(rate) - step * np.float32(n - 1 - i)) for i in range(n)]
+    end = np.float32(rate)
+    step = np.float64(np.float32(end / np.float32(n - 1)))
+    return [float(np.float32(step * i)) if i < n // 2
+            else float(np.float32(np.float64(end) - step * (n - 1 - i))) for i in range(n)]
 
 
 class DFormer(nn.Module):

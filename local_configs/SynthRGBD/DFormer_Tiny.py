@@ -1,0 +1,19 @@
+"""DFormer-Tiny on the synthetic SynthRGBD dataset, trained from scratch on a CPU."""
+from .._base_ import finalize
+from .._base_.datasets.SynthRGBD import dataset_config
+
+C = dataset_config()
+C.backbone = "DFormer-Tiny"
+C.pretrained_model = None  # no ImageNet weights offline: train from scratch
+C.decoder_embed_dim = 512
+# Schedule sized for a CPU; nepochs / lr are placeholders to be tuned by the lead.
+C.lr = 3e-4
+C.batch_size = 8
+C.nepochs = 10
+C.warm_up_epoch = 1
+C.drop_path_rate = 0.1
+C.num_workers = 2
+C.checkpoint_start_epoch = 0
+C.eval_crop_size = [240, 320]
+finalize(C)
+config = C

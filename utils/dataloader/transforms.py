@@ -1,0 +1,153 @@
+"""Per-sample preprocessing of (rgb, depth, label) triplets, numpy/OpenCV only.
+
+Reproduces the reference pipeline (reference-facts 2.4 and 2.5) value for value:
+
+* training: random mirror (p=0.5) -> random scale (OpenCV bilinear for images,
+  nearest for labels) -> normalisation -> random crop with centred padding
+  (0 for images in normalised space, 255 for labels) -> HWC to CHW;
+* evaluation: optional bottom/right padding (SUN RGB-D + DFormerv2) ->
+  normalisation -> HWC to CHW.
+
+Normalisation is computed in float64 and only the final arrays are cast to
+float32; doing the arithmetic in float32 would differ by 1-2 ulp.
+
+All randomness comes from the ``numpy.random.Generator`` the caller passes in,
+so a sample is a pure function of its inputs and that generator's seed.
+"""
+import cv2
+import numpy as np
+
+DEPTH_MEAN = 0.48
+DEPTH_STD = 0.28
+IGNORE_LABEL = 255
+SUN_PAD_SIZE = (531, 730)  # (H, W) every SUN RGB-D image fits in
+
+
+def normalize(img, mean, std):
+    """``(img / 255 - mean) / std`` per channel, in float64."""
+    out = img.astype(np.float64) / 255.0
+    out = out - np.asarray(mean, dtype=np.float64)
+    return out / np.asarray(std, dtype=np.float64)
+
+
+def normalize_depth(depth):
+    """Depth constants used for single-channel (replicated) depth maps."""
+    return normalize(depth, (DEPTH_MEAN,) * 3, (DEPTH_STD,) * 3)
+
+
+def to_chw_float32(img):
+    """HWC float64 -> contiguous CHW float32."""
+    return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
+
+
+def mirror(rgb, depth, label):
+    """Horizontal flip of all three arrays."""
+    return rgb[:, ::-1], depth[:, ::-1], label[:, ::-1]
+
+
+def rescale(rgb, depth, label, scale):
+    """Resize by ``scale``; the new size truncates ``H * scale`` and ``W * scale``."""
+    h, w = label.shape[:2]
+    size = (int(w * scale), int(h * scale))  # cv2 wants (width, height)
+    rgb = cv2.resize(np.ascontiguousarray(rgb), size, interpolation=cv2.INTER_LINEAR)
+    depth = cv2.resize(np.ascontiguousarray(depth), size, interpolation=cv2.INTER_LINEAR)
+    label = cv2.resize(np.ascontiguousarray(label), size, interpolation=cv2.INTER_NEAREST)
+    return rgb, depth, label
+
+
+def random_crop_origin(rng, size, crop_size):
+    """Crop origin per axis, drawn like the reference.
+
+    When the image is larger than the crop along an axis, the origin is uniform
+    on ``0 .. size - crop + 1`` *inclusive*: the last value lies one past the last
+    valid origin, giving a crop one pixel short that the padding then completes.
+    Axes not larger than the crop use origin 0 and draw nothing.
+    """
+    origin = []
+    for n, c in zip(size, crop_size):
+        origin.append(int(rng.integers(0, n - c + 2)) if n > c else 0)
+    return tuple(origin)
+
+
+def _centred_margins(have, want):
+    pad = max(want - have, 0)
+    return pad // 2, pad - pad // 2
+
+
+def crop_and_pad(img, origin, crop_size, value):
+    """Cut ``crop_size`` at ``origin`` (clipped) and pad, centred, to exactly ``crop_size``."""
+    (y, x), (ch, cw) = origin, crop_size
+    cut = img[y:y + ch, x:x + cw]
+    top, bottom = _centred_margins(cut.shape[0], ch)
+    left, right = _centred_margins(cut.shape[1], cw)
+    return _pad(cut, top, bottom, left, right, value)
+
+
+def pad_bottom_right(img, size, value):
+    """Pad at the bottom and right up to ``size`` (H, W)."""
+    h, w = img.shape[:2]
+    if h > size[0] or w > size[1]:
+        raise ValueError(f"image of size {h}x{w} is larger than the padding target "
+                         f"{size[0]}x{size[1]}")
+    return _pad(img, 0, size[0] - h, 0, size[1] - w, value)
+
+
+def _pad(img, top, bottom, left, right, value):
+    widths = [(top, bottom), (left, right)] + [(0, 0)] * (img.ndim - 2)
+    return np.pad(img, widths, mode="constant", constant_values=value)
+
+
+class TrainTransform:
+    """Training augmentation of the reference, driven by an explicit generator.
+
+    Draw order per sample: mirror, scale, crop row origin, crop column origin.
+    ``depth_single_channel`` selects the 0.48/0.28 depth constants (the
+    reference's ``x_is_single_channel``); otherwise depth uses the RGB mean/std.
+    """
+
+    def __init__(self, crop_size, scales, mean, std, depth_single_channel=True,
+                 ignore_label=IGNORE_LABEL):
+        self.crop_size = (int(crop_size[0]), int(crop_size[1]))
+        self.scales = list(scales) if scales else []
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.depth_single_channel = depth_single_channel
+        self.ignore_label = ignore_label
+
+    def __call__(self, rgb, depth, label, rng):
+        if rng.random() >= 0.5:
+            rgb, depth, label = mirror(rgb, depth, label)
+        if self.scales:
+            scale = self.scales[int(rng.integers(len(self.scales)))]
+            rgb, depth, label = rescale(rgb, depth, label, scale)
+        rgb = normalize(rgb, self.mean, self.std)
+        depth = normalize_depth(depth) if self.depth_single_channel else \
+            normalize(depth, self.mean, self.std)
+        origin = random_crop_origin(rng, label.shape[:2], self.crop_size)
+        rgb = crop_and_pad(rgb, origin, self.crop_size, 0.0)
+        depth = crop_and_pad(depth, origin, self.crop_size, 0.0)
+        label = crop_and_pad(label, origin, self.crop_size, self.ignore_label)
+        return to_chw_float32(rgb), to_chw_float32(depth), label
+
+
+class EvalTransform:
+    """Evaluation preprocessing: no resize, crop or flip.
+
+    With ``pad_to`` (H, W) the raw uint8 images are padded bottom/right with 0
+    *before* normalisation (so padded pixels become ``-mean/std``) and the label
+    with the ignore value, as the reference does for SUN RGB-D + DFormerv2.
+    Depth always uses the 0.48/0.28 constants here, as in the reference.
+    """
+
+    def __init__(self, mean, std, pad_to=None, ignore_label=IGNORE_LABEL):
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.pad_to = tuple(pad_to) if pad_to else None
+        self.ignore_label = ignore_label
+
+    def __call__(self, rgb, depth, label, rng=None):
+        if self.pad_to:
+            rgb = pad_bottom_right(rgb, self.pad_to, 0)
+            depth = pad_bottom_right(depth, self.pad_to, 0)
+            label = pad_bottom_right(label, self.pad_to, self.ignore_label)
+        rgb = to_chw_float32(normalize(rgb, self.mean, self.std))
+        depth = to_chw_float32(normalize_depth(depth))
+        return rgb, depth, label

@@ -1,0 +1,152 @@
+"""Forward latency of a DFormer / DFormerv2 config.
+
+    python utils/latency.py --config local_configs.NYUDepthv2.DFormer_Tiny \\
+        [--shape H W] [--batch B] [--warmup N] [--iters N] [--json] [--efficiency]
+
+The model (random weights, eval mode, fixed NMF bases so runs are comparable) runs
+under no_grad on random RGB and depth inputs; each forward is timed up to
+``jt.sync_all(True)``. The first call (kernel compilation) is reported apart.
+Runs on CUDA when Jittor finds one, else on the CPU.
+
+Unlike the reference's utils/latency.py (training mode, 100 warm-up and 300 timed
+runs on a GPU, mean only), this measures eval mode and reports mean, median, min.
+
+``--efficiency`` also measures the device's fp32 matrix-product peak through Jittor
+(best of a few 2048^3 products on the CPU, 4096^3 on CUDA) and reports the model's FLOP rate (full count of
+utils/flops.py) as a percentage of it.
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+if __package__ in (None, ""):   # run as a script: import from the repository root, not utils/
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from utils import runtime  # noqa: E402  (must precede jittor)
+
+import numpy as np  # noqa: E402
+import jittor as jt  # noqa: E402
+
+
+def _sync(out=None):
+    if out is not None:
+        for v in (out if isinstance(out, (list, tuple)) else [out]):
+            v.sync()
+    jt.sync_all(True)
+
+
+def fix_nmf_bases(model, batch, seed=0):
+    """Fix the NMF bases (U[0,1) draw, for ``batch`` images) so runs are comparable."""
+    nmf = next((m for _, m in model.named_modules() if hasattr(m, "fixed_bases")), None)
+    channels = getattr(model.decode_head, "ham_channels", None)
+    if nmf is None or channels is None:
+        return
+    shape = (batch * nmf.S, channels // nmf.S, nmf.R)
+    model.set_nmf_bases(np.random.RandomState(seed).rand(*shape).astype(np.float32))
+
+
+def matmul_peak_gflops(n=None, runs=5):
+    """Best fp32 rate (GFLOP/s) of an n x n x n matrix product through Jittor
+    (n = 2048 on the CPU, 4096 on CUDA)."""
+    n = n or (4096 if jt.flags.use_cuda else 2048)
+    rng = np.random.RandomState(0)
+    a = jt.array(rng.rand(n, n).astype(np.float32))
+    b = jt.array(rng.rand(n, n).astype(np.float32))
+    _sync([a, b])
+    _sync(jt.matmul(a, b))              # compile
+    best = math.inf
+    for _ in range(runs):
+        start = time.perf_counter()
+        _sync(jt.matmul(a, b))
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def measure(config, shape=(480, 640), batch=1, warmup=3, iters=10, efficiency=False):
+    """Latency figures of ``config`` as a dict (times in ms, first call in s)."""
+    from local_configs import load_config
+    from models.builder import EncoderDecoder
+
+    device = runtime.init_device()
+    cfg = load_config(config)
+    model = EncoderDecoder(cfg, load_pretrained=False)
+    model.eval()
+    fix_nmf_bases(model, batch)
+    h, w = int(shape[0]), int(shape[1])
+    rng = np.random.RandomState(0)
+    rgb = jt.array(rng.rand(batch, 3, h, w).astype(np.float32))
+    depth = jt.array(rng.rand(batch, 3, h, w).astype(np.float32))
+    _sync([rgb, depth] + list(model.parameters()))
+
+    res = {"config": config, "device": device, "shape": [h, w], "batch": batch,
+           "warmup": warmup, "iters": iters, "threads": _threads(),
+           "jittor_version": jt.__version__, "runtime": runtime.describe()}
+    with jt.no_grad():
+        start = time.perf_counter()
+        _sync(model(rgb, depth))
+        res["first_call_s"] = time.perf_counter() - start
+        for _ in range(warmup):
+            _sync(model(rgb, depth))
+        times = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            _sync(model(rgb, depth))
+            times.append((time.perf_counter() - start) * 1e3)
+    res.update(mean_ms=statistics.fmean(times), median_ms=statistics.median(times),
+               min_ms=min(times), std_ms=statistics.pstdev(times))
+    res["fps"] = batch * 1e3 / res["median_ms"]
+    if efficiency:
+        from utils.flops import count_flops
+        res["model_gflops"] = count_flops(model, (h, w), batch).flops / 1e9
+        res["achieved_gflops_per_s"] = res["model_gflops"] / (res["median_ms"] / 1e3)
+        res["peak_gflops"] = matmul_peak_gflops()
+        res["efficiency_pct"] = 100.0 * res["achieved_gflops_per_s"] / res["peak_gflops"]
+    return res
+
+
+def _threads():
+    """CPU threads Jittor's OpenMP kernels may use."""
+    value = os.environ.get("OMP_NUM_THREADS")
+    return int(value) if value and value.isdigit() else os.cpu_count()
+
+
+def format_report(res):
+    from tabulate import tabulate
+    rows = [["median", f"{res['median_ms']:.2f} ms"], ["mean", f"{res['mean_ms']:.2f} ms"],
+            ["min", f"{res['min_ms']:.2f} ms"], ["std", f"{res['std_ms']:.2f} ms"],
+            ["images/s (median)", f"{res['fps']:.2f}"],
+            ["first call (compile)", f"{res['first_call_s']:.2f} s"]]
+    if "efficiency_pct" in res:
+        rows += [["model FLOPs (full)", f"{res['model_gflops']:.2f} G"],
+                 ["achieved", f"{res['achieved_gflops_per_s']:.1f} GFLOP/s"],
+                 ["fp32 matmul peak", f"{res['peak_gflops']:.1f} GFLOP/s"],
+                 ["efficiency", f"{res['efficiency_pct']:.1f} % of peak"]]
+    h, w = res["shape"]
+    head = (f"{res['config']}: batch {res['batch']}, {h}x{w}, eval, no_grad, "
+            f"{res['warmup']} warm-up + {res['iters']} timed runs\n{res['runtime']}")
+    return head + "\n" + tabulate(rows, headers=["", "value"])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="e.g. local_configs.NYUDepthv2.DFormer_Tiny")
+    parser.add_argument("--shape", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--efficiency", action="store_true",
+                        help="also measure the fp32 matmul peak and report the model's share of it")
+    args = parser.parse_args(argv)
+    if args.iters < 1 or args.batch < 1 or args.warmup < 0:
+        parser.error("--iters and --batch must be >= 1, --warmup >= 0")
+    res = measure(args.config, args.shape, args.batch, args.warmup, args.iters, args.efficiency)
+    print(json.dumps(res) if args.json else format_report(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""Train a DFormer / DFormerv2 segmentor (the reference's utils/train.py, in Jittor).
+
+Single process (CPU or one GPU)::
+
+    python utils/train.py --config local_configs.NYUDepthv2.DFormer_Tiny --no-mst
+
+Several GPUs (one MPI process per GPU; ``batch_size`` stays the *global* batch)::
+
+    mpirun -np 2 python utils/train.py --config local_configs.NYUDepthv2.DFormerv2_S --gpus 2
+
+Resume (same command plus ``--resume``; the run's work dir holds ``latest.pkl``)::
+
+    python utils/train.py --config ... --work-dir checkpoints/run1 --resume
+    python utils/train.py --config ... --resume checkpoints/run1/latest.pkl
+
+See utils/engine/trainer.py for what a checkpoint holds and how resuming stays exact,
+utils/engine/optim.py for the parameter groups and the lr schedule.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils import runtime  # noqa: E402  (must precede the jittor import)
+import jittor as jt  # noqa: E402
+
+from local_configs import load_config  # noqa: E402
+
+
+def str2bool_flag(parser, name, default, help_text):
+    parser.add_argument(f"--{name}", default=default, action=argparse.BooleanOptionalAction,
+                        help=help_text)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Train DFormer/DFormerv2 (Jittor).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", required=True,
+                   help="config module, e.g. local_configs.NYUDepthv2.DFormer_Tiny")
+    p.add_argument("--gpus", type=int, default=1,
+                   help="number of processes/GPUs; >1 must be launched with mpirun -np N")
+    p.add_argument("--epochs", type=int, default=None, help="override C.nepochs")
+    p.add_argument("--max-iters", type=int, default=None,
+                   help="stop once this many iterations (counted from the start of the "
+                        "schedule, resumed ones included) are done")
+    p.add_argument("--max-val-iters", type=int, default=None,
+                   help="validate on at most this many batches")
+    p.add_argument("--batch-size-override", type=int, default=None,
+                   help="override C.batch_size (global); iterations per epoch are re-derived")
+    p.add_argument("--num-workers-override", type=int, default=None,
+                   help="override C.num_workers (data loader processes)")
+    str2bool_flag(p, "mst", True, "validate with 5 scales + flip (the reference's default)")
+    str2bool_flag(p, "amp", None, "mixed precision training on CUDA (default off, as the "
+                  "official train.sh); ignored on CPU")
+    str2bool_flag(p, "val_amp", None, "mixed precision validation on CUDA (default on, as the "
+                  "official train.sh); ignored on CPU")
+    str2bool_flag(p, "sliding", False, "sliding-window validation")
+    str2bool_flag(p, "syncbn", True, "synchronise BatchNorm statistics across MPI processes")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
+                   help="resume from PATH, or without a value from <work-dir>/latest.pkl")
+    p.add_argument("--seed", type=int, default=None, help="seed (default C.seed)")
+    p.add_argument("--work-dir", default=None,
+                   help="output folder (default <C.log_dir>/<YYYYmmdd-HHMMSS>)")
+    p.add_argument("--zero-depth", action="store_true",
+                   help="RGB-only ablation: the depth input is replaced by zeros")
+    p.add_argument("--val-every", type=int, default=None, metavar="N",
+                   help="validate every N epochs and after the last (0: never); default: "
+                        "the reference schedule (epoch 1, every 10, every epoch after "
+                        "C.checkpoint_start_epoch, and the last)")
+    p.add_argument("--ckpt-every", type=int, default=0, metavar="N",
+                   help="also write latest.pkl every N iterations (0: at epoch ends only)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    return p
+
+
+# ----------------------------------------------------------------------------- set-up
+
+def prepare_config(args, cfg=None):
+    """Load the config (or take ``cfg``) and apply the command-line overrides."""
+    cfg = load_config(args.config) if cfg is None else cfg
+    if args.epochs is not None:
+        cfg.nepochs = int(args.epochs)
+    if args.batch_size_override is not None:
+        cfg.batch_size = int(args.batch_size_override)
+        cfg.niters_per_epoch = cfg.num_train_imgs // cfg.batch_size + 1
+    if args.num_workers_override is not None:
+        cfg.num_workers = int(args.num_workers_override)
+    if args.seed is not None:
+        cfg.seed = int(args.seed)
+    for key in ("nepochs", "batch_size", "niters_per_epoch"):
+        if int(cfg[key]) < 1:
+            raise SystemExit(f"error: {key} must be >= 1 (got {cfg[key]})")
+    return cfg
+
+
+def check_world(args):
+    """Error out when --gpus and the MPI launch disagree."""
+    n = jt.world_size if jt.in_mpi else 1
+    if args.gpus > 1 and not jt.in_mpi:
+        raise SystemExit(f"error: --gpus {args.gpus} needs one process per GPU: launch with\n"
+                         f"  mpirun -np {args.gpus} python utils/train.py --config {args.config} "
+                         f"--gpus {args.gpus} ...\n(or use train.sh with GPUS={args.gpus})")
+    if jt.in_mpi and args.gpus not in (1, n):
+        raise SystemExit(f"error: --gpus {args.gpus} but mpirun started {n} processes")
+    return n
+
+
+def resolve_work_dir(args, cfg):
+    """--work-dir, else the resumed checkpoint's folder, else <log_dir>/<timestamp>.
+
+    Under MPI every rank must agree: the timestamp is taken on rank 0 and broadcast.
+    """
+    if args.work_dir:
+        return os.path.abspath(args.work_dir)
+    if args.resume and args.resume != "latest":
+        return os.path.dirname(os.path.abspath(args.resume))
+    if args.resume == "latest":
+        raise SystemExit("error: --resume without a path needs --work-dir (the run folder "
+                         "holding latest.pkl)")
+    stamp = int(time.strftime("%Y%m%d%H%M%S"))
+    if jt.in_mpi:
+        stamp = int(jt.array([stamp], dtype="int64").mpi_broadcast(0).item())
+    text = str(stamp)
+    return os.path.abspath(os.path.join(cfg.log_dir, f"{text[:8]}-{text[8:]}"))
+
+
+def resume_path(args, work_dir):
+    if not args.resume:
+        return None
+    path = os.path.join(work_dir, "latest.pkl") if args.resume == "latest" else args.resume
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: no checkpoint to resume at {path}")
+    return path
+
+
+def resolve_amp(args, device, logger):
+    """(amp, val_amp) actually used; AMP is CUDA-only (one notice on CPU)."""
+    amp = bool(args.amp) if args.amp is not None else False
+    val_amp = bool(args.val_amp) if args.val_amp is not None else device == "cuda"
+    if device != "cuda" and (amp or val_amp):
+        logger.info("Mixed precision (--amp/--val_amp) is CUDA-only: ignored on CPU.")
+        amp = val_amp = False
+    if amp:
+        logger.warning("--amp: Jittor's automatic mixed precision has no gradient scaler; "
+                       "watch the loss for fp16 underflow (use --no-amp if it stalls).")
+    return amp, val_amp
+
+
+def build_model(cfg, args, resuming, logger):
+    """The segmentor (+ ZeroDepth wrapper): ImageNet weights unless resuming."""
+    from models.builder import EncoderDecoder
+    from utils.engine.trainer import ZeroDepth
+    model = EncoderDecoder(cfg, load_pretrained=not resuming, sync_bn=args.syncbn)
+    report = getattr(model, "pretrained_report", None)
+    if report is not None:
+        logger.info(f"Pretrained backbone {cfg.pretrained_model}: {report.summary()}")
+    elif not resuming:
+        logger.warning("No pretrained backbone (C.pretrained_model is empty): training from "
+                       "scratch.")
+    forward = ZeroDepth(model) if args.zero_depth else model
+    return model, forward
+
+
+def build_loaders(cfg, args, seed):
+    from utils.dataloader import build_train_loader, build_val_loader, default_val_batch_size
+    train_loader = build_train_loader(cfg, seed=seed)
+    val_loader = None
+    if args.val_every != 0:
+        batch = default_val_batch_size(cfg)
+        if cfg.dataset_name == "SUNRGBD" and not cfg.get("pad_SUNRGBD"):
+            batch = max(int(args.gpus), 1)  # the reference: one image per GPU
+        if jt.in_mpi:
+            batch = max(batch, jt.world_size)
+        val_loader = build_val_loader(cfg, batch_size=batch)
+    return train_loader, val_loader
+
+
+def write_run_info(work_dir, cfg, args, logger):
+    """config.json and args.json in the work dir; the config goes to the log as well."""
+    from utils.engine.trainer import plain
+    with open(os.path.join(work_dir, "config.json"), "w") as f:
+        json.dump(plain(dict(cfg)), f, indent=2, default=str)
+    with open(os.path.join(work_dir, "args.json"), "w") as f:
+        json.dump(vars(args), f, indent=2, default=str)
+    logger.info("config:\n" + json.dumps(plain(dict(cfg)), indent=2, default=str))
+    logger.info("args: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
+
+
+def build_trainer(args, cfg=None):
+    """Everything a run needs, wired together (``cfg`` replaces loading ``--config``).
+
+    Returns ``(trainer, (resume_path, checkpoint_state))``, both None when not resuming.
+    """
+    from utils.engine.logger import get_logger, tensorboard_writer
+    from utils.engine.optim import WarmUpPolyLR, build_optimizer, group_parameters
+    from utils.engine.trainer import Trainer, TrainOptions, derived_seed, is_main_process
+
+    device = runtime.init_device()
+    n = check_world(args)
+    cfg = prepare_config(args, cfg)
+    work_dir = resolve_work_dir(args, cfg)
+    resume = resume_path(args, work_dir)
+    rank = jt.rank if jt.in_mpi else 0
+    logger, log_file = get_logger(work_dir if is_main_process() else None, rank)
+    logger.info(f"{runtime.describe()}; processes: {n}; work dir: {work_dir}")
+    if is_main_process():
+        write_run_info(work_dir, cfg, args, logger)
+    seed = int(cfg.seed)
+    resume_state = None
+    if resume:
+        from utils.checkpoint import read_checkpoint
+        resume_state = read_checkpoint(resume)
+        if args.seed is None and isinstance(resume_state, dict):
+            seed = int(resume_state.get("seed", seed))
+    cfg.seed = seed
+    amp, val_amp = resolve_amp(args, device, logger)
+    # Same initial weights on every rank and in every run with this seed.
+    jt.set_global_seed(derived_seed(seed, 0x1D17), different_seed_for_mpi=False)
+    model, forward = build_model(cfg, args, resume is not None, logger)
+    # Jittor draws random initial values when they are first computed, not when the
+    # ops are created: materialise them now, under the init seed, on every rank.
+    jt.sync_all()
+    groups = group_parameters(model, train_all=bool(cfg.get("train_all_params", False)))
+    logger.info(groups.summary())
+    optimizer = build_optimizer(cfg, groups)
+    schedule = WarmUpPolyLR.from_config(cfg)
+    logger.info(f"{cfg.optimizer}: lr {cfg.lr}, weight decay {cfg.weight_decay}; "
+                f"{cfg.nepochs} epochs x {cfg.niters_per_epoch} iterations, warm-up "
+                f"{schedule.warmup_iters}; global batch {cfg.batch_size}"
+                + (f" ({cfg.batch_size // n} per process)" if n > 1 else ""))
+    train_loader, val_loader = build_loaders(cfg, args, seed)
+    if val_loader is not None:
+        logger.info(f"val dataset len: {len(val_loader.names)}")
+    opts = TrainOptions(max_iters=args.max_iters, max_val_iters=args.max_val_iters,
+                        val_every=args.val_every, mst=args.mst, sliding=args.sliding, amp=amp,
+                        val_amp=val_amp, seed=seed, ckpt_every=args.ckpt_every,
+                        progress=not args.no_progress)
+    tb = tensorboard_writer(work_dir, rank, logger)
+    trainer = Trainer(cfg, model, optimizer, schedule, train_loader, val_loader, work_dir, opts,
+                      logger, tb, forward_model=forward)
+    trainer.log_file = log_file
+    return trainer, (resume, resume_state)
+
+
+def main(argv=None, cfg=None):
+    """Command-line entry point; ``cfg`` (a config object) replaces loading ``--config``."""
+    args = build_parser().parse_args(argv)
+    trainer, (resume, state) = build_trainer(args, cfg)
+    try:
+        if resume:
+            trainer.resume(resume, state)
+        summary = trainer.train()
+    except Exception:
+        trainer.logger.exception("Training failed; the last checkpoint (if any) is intact: "
+                                 f"{trainer.latest_path}")
+        raise
+    finally:
+        trainer.tb.close()
+    if summary["reason"] not in ("finished", "max_iters"):
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
