@@ -227,6 +227,28 @@ def test_resumed_epoch_reproduces_batches(tmp_path):
         not np.array_equal(other[0]["rgb"], full[0]["rgb"])
 
 
+def test_worker_processes_deliver_the_same_batches_in_order(tmp_path):
+    cfg = tiny_dataset(tmp_path, niters_per_epoch=5)
+    serial = build_train_loader(cfg, num_workers=0)
+    pooled = build_train_loader(cfg, num_workers=2)
+    try:
+        want = [_batches(serial) for _ in range(2)]  # epochs 0 and 1 (auto-advance)
+        got = [_batches(pooled) for _ in range(2)]
+        for w_epoch, g_epoch in zip(want, got):
+            assert [b["fn"] for b in w_epoch] == [b["fn"] for b in g_epoch]
+            assert all(np.array_equal(w["rgb"], g["rgb"]) for w, g in zip(w_epoch, g_epoch))
+        pooled.set_epoch(1, start_iter=3)
+        rest = _batches(pooled)
+        assert [b["fn"] for b in rest] == [b["fn"] for b in want[1][3:]]
+        os.remove(osp.join(cfg.gt_root_folder, "img2.png"))
+        with open(osp.join(cfg.gt_root_folder, "img2.png"), "wb") as f:
+            f.write(b"broken")
+        with pytest.raises(DataError, match="Label/img2.png"):
+            _batches(pooled)
+    finally:
+        pooled.terminate()
+
+
 # ----------------------------------------------------------------------------- bad data
 
 def test_split_file_problems_fail_at_construction(tmp_path):

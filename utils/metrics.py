@@ -156,7 +156,8 @@ def format_metrics_table(metrics, digits=2):
     rows = [[c["class"], _fmt(c["iou"], digits), _fmt(c["acc"], digits), _fmt(c["f1"], digits),
              c["gt_pixels"], c["pred_pixels"]] for c in metrics["per_class"]]
     table = tabulate(rows, headers=["Class", "IoU", "Acc", "F1", "GT px", "Pred px"],
-                     tablefmt="github", disable_numparse=True)
+                     tablefmt="github", disable_numparse=True,
+                     colalign=("left",) + ("right",) * 5)
     summary = [
         ("mIoU (all classes, absent = 0)", metrics["miou"]),
         (f"mIoU (present classes, {metrics['num_present']}/{metrics['num_classes']})",

@@ -197,9 +197,11 @@ def build_trainer(args, cfg=None):
     """
     from utils.engine.logger import get_logger, tensorboard_writer
     from utils.engine.optim import WarmUpPolyLR, build_optimizer, group_parameters
-    from utils.engine.trainer import Trainer, TrainOptions, derived_seed, is_main_process
+    from utils.engine.trainer import (Trainer, TrainOptions, derived_seed,
+                                      enable_flush_to_zero, is_main_process)
 
     device = runtime.init_device()
+    ftz = enable_flush_to_zero() if device == "cpu" else True
     n = check_world(args)
     cfg = prepare_config(args, cfg)
     work_dir = resolve_work_dir(args, cfg)
@@ -207,6 +209,9 @@ def build_trainer(args, cfg=None):
     rank = jt.rank if jt.in_mpi else 0
     logger, log_file = get_logger(work_dir if is_main_process() else None, rank)
     logger.info(f"{runtime.describe()}; processes: {n}; work dir: {work_dir}")
+    if not ftz:
+        logger.warning("Could not enable flush-to-zero on the main thread: a resumed run may "
+                       "differ from an uninterrupted one in values below 1e-38.")
     if is_main_process():
         write_run_info(work_dir, cfg, args, logger)
     seed = int(cfg.seed)

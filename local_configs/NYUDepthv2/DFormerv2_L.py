@@ -6,12 +6,8 @@ C = dataset_config()
 C.backbone = "DFormerv2_L"
 C.pretrained_model = "checkpoints/pretrained/DFormerv2_Large_pretrained.pth"
 C.decoder_embed_dim = 1024
-C.lr = 6e-05
 C.batch_size = 12
-C.nepochs = 500
 C.drop_path_rate = 0.3
 C.num_workers = 0
-C.checkpoint_start_epoch = 250
-C.eval_crop_size = [480, 640]
 finalize(C)
 config = C

@@ -6,13 +6,7 @@ C = dataset_config()
 C.backbone = "DFormerv2_S"
 C.pretrained_model = "checkpoints/pretrained/DFormerv2_Small_pretrained.pth"
 C.decoder_embed_dim = 1024
-C.lr = 8e-05
-C.batch_size = 16
-C.nepochs = 300
 C.drop_path_rate = 0.1
-C.num_workers = 16
-C.checkpoint_start_epoch = 200
-C.eval_crop_size = [480, 480]
 # Released SUNRGBD DFormerv2 models were trained on RGB order and are evaluated
 # padded (bottom/right) to 531x730; every other config feeds BGR, unpadded.
 C.color_order = "RGB"

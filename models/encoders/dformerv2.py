@@ -63,14 +63,16 @@ def geo_decay(num_heads, initial_value, heads_range):
 # ----------------------------------------------------------------------------
 # CPU kernels
 #
-# On the CPU the two hot spots of this network, depthwise convolutions on
-# channels-last maps and the many short masked attentions, run as small C++
-# kernels (``jt.code``): one pass over the data, no NCHW round trips, no
-# materialised (B, heads, L, L) bias/score tensors. Their gradients are
-# exact: the depthwise input gradient reuses the kernel with flipped taps, and
-# the attention gradient re-traces the same computation with Jittor operators.
-# On CUDA (and with ``use_fused_cpu_kernels(False)``) the Jittor-operator
-# formulation runs directly; both give the reference results.
+# On the CPU the hot spots of this network outside the matrix products run as
+# small C++ kernels (``jt.code``): depthwise convolutions on channels-last maps
+# (no NCHW round trips), the many short masked attentions (no materialised
+# (B, heads, L, L) bias/score tensors; biases, key scaling and rotary transform
+# applied on the fly) and the channels-last LayerNorms (one read, one write).
+# Their gradients are exact: the depthwise input gradient reuses the kernel
+# with flipped taps; attention and LayerNorm gradients re-trace the same
+# computation with Jittor operators. On CUDA (and after
+# ``use_fused_cpu_kernels(False)``) the Jittor-operator formulation runs
+# directly; both reproduce the reference.
 # ----------------------------------------------------------------------------
 
 _FUSED_CPU = {"enabled": True}
@@ -81,8 +83,10 @@ def use_fused_cpu_kernels(enabled=True):
     _FUSED_CPU["enabled"] = bool(enabled)
 
 
-def _fused():
-    return _FUSED_CPU["enabled"] and not jt.flags.use_cuda
+def _fused(*tensors):
+    """True when the C++ kernels apply: enabled, running on the CPU, float32 inputs."""
+    return (_FUSED_CPU["enabled"] and not jt.flags.use_cuda
+            and all(str(t.dtype) == "float32" for t in tensors))
 
 
 _HEADER = r"""
@@ -97,6 +101,13 @@ typedef float dfv_vec __attribute__((vector_size(64)));
 typedef float dfv_uvec __attribute__((vector_size(64), aligned(4)));
 static inline dfv_vec dfv_load(const float* p) { return *(const dfv_uvec*)p; }
 static inline void dfv_store(float* p, dfv_vec v) { *(dfv_uvec*)p = v; }
+// (x0, x1, x2, x3, ...) -> (x1, x0, x3, x2, ...)
+#if defined(__clang__)
+#define DFV_SWAP_PAIRS(v) __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14)
+#else
+typedef int dfv_ivec __attribute__((vector_size(64)));
+#define DFV_SWAP_PAIRS(v) __builtin_shuffle(v, (dfv_ivec){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14})
+#endif
 // exp(x) for x <= 0 in branch-free float arithmetic so the softmax loops
 // vectorise (the libm call does not): Cody-Waite reduction by ln 2 (kept
 // exact with fma under -Ofast), degree-6 polynomial, 2^n via the exponent
@@ -167,6 +178,25 @@ for (int r = 0; r < H; r++) {
 }
 """
 
+# LayerNorm of rows: in0 x (N, C), in1 weight (C,), in2 bias (C,) -> out0 (N, C).
+# Two-pass mean / variance per row (the row stays in cache).
+_LAYERNORM_SRC = r"""
+const long long N = in0_shape0;
+const int C = in0_shape1;
+#pragma omp parallel for schedule(static)
+for (long long n = 0; n < N; n++) {
+    const float* __restrict__ x = in0_p + n * C;
+    float* __restrict__ y = out0_p + n * C;
+    float sum = 0.f;
+    for (int c = 0; c < C; c++) sum += x[c];
+    const float mean = sum / C;
+    float sq = 0.f;
+    for (int c = 0; c < C; c++) { const float d = x[c] - mean; sq += d * d; }
+    const float rstd = 1.f / std::sqrt(sq / C + EPS);
+    for (int c = 0; c < C; c++) y[c] = (x[c] - mean) * rstd * in1_p[c] + in2_p[c];
+}
+"""
+
 # Masked softmax attention of short sequences, one (sequence, head) per task.
 # in0: raw q|k projections (B, H, W, 2C), no bias; in1: values (B, H, W, C);
 # in2: depth (B, H, W); in3: decay (heads,); in4: mixing weights (2,);
@@ -225,11 +255,11 @@ const int LP = (L + 15) / 16 * 16;
                 const float* kr = ksrc + t * tstep * S;
                 const float* sn = in7_p + (p0 + t * pstep) * D;
                 const float* cs = in8_p + (p0 + t * pstep) * D;
-                for (int e = 0; e < D; e++) {
-                    const float ke = (kr[e] + bk[e]) * SCALE;
-                    const float kn = (kr[e ^ 1] + bk[e ^ 1]) * SCALE;
-                    kt[(size_t)e * LP + t] = ke * cs[e] + kn * sn[e];
-                    vv[(size_t)t * D + e] = v[t * tstep * C + e];
+                for (int u = 0; u < D / 16; u++) {
+                    const dfv_vec kv = (dfv_load(kr + 16 * u) + dfv_load(bk + 16 * u)) * SCALE;
+                    const dfv_vec rot = kv * dfv_load(cs + 16 * u) + DFV_SWAP_PAIRS(kv) * dfv_load(sn + 16 * u);
+                    for (int e = 0; e < 16; e++) kt[(size_t)(16 * u + e) * LP + t] = rot[e];
+                    dfv_store(vv + (size_t)t * D + 16 * u, dfv_load(v + t * tstep * C + 16 * u));
                 }
                 dep[t] = in2_p[tok0 + t * tstep];
             } else {
@@ -252,15 +282,13 @@ const int LP = (L + 15) / 16 * 16;
             const int nr = std::min(4, L - i0);
             float qb[4][D];
             for (int r = 0; r < 4; r++) {
-                if (r < nr) {
-                    const int i = i0 + r;
-                    const float* qr = qsrc + i * tstep * S;
-                    const float* sn = in7_p + (p0 + i * pstep) * D;
-                    const float* cs = in8_p + (p0 + i * pstep) * D;
-                    for (int e = 0; e < D; e++)
-                        qb[r][e] = (qr[e] + bq[e]) * cs[e] + (qr[e ^ 1] + bq[e ^ 1]) * sn[e];
-                } else {
-                    for (int e = 0; e < D; e++) qb[r][e] = 0.f;
+                const int i = i0 + std::min(r, nr - 1);   // rows past the end repeat the last one
+                const float* qr = qsrc + i * tstep * S;
+                const float* sn = in7_p + (p0 + i * pstep) * D;
+                const float* cs = in8_p + (p0 + i * pstep) * D;
+                for (int u = 0; u < D / 16; u++) {
+                    const dfv_vec qv = dfv_load(qr + 16 * u) + dfv_load(bq + 16 * u);
+                    dfv_store(qb[r] + 16 * u, qv * dfv_load(cs + 16 * u) + DFV_SWAP_PAIRS(qv) * dfv_load(sn + 16 * u));
                 }
             }
             for (int j0 = 0; j0 < LP; j0 += 16) {
@@ -412,9 +440,29 @@ def _geo_attention_composite(qk, v, geo, decay, weight, q_bias, k_bias, scaling,
     return _from_sequences(out, mode, v.shape)
 
 
-class _GeoAttentionCPU(jt.Function):
-    """The C++ attention kernel; its gradient re-traces the Jittor-operator version."""
+class _Retraced(jt.Function):
+    """A kernel whose gradient comes from re-tracing ``reference`` with Jittor operators.
 
+    Subclasses set ``self.saved`` (the inputs) in ``execute`` and implement
+    ``reference(*inputs)``, the same computation as differentiable operators.
+    """
+
+    def grad(self, g):
+        wanted = [m >= 0 for m in self.input_mask]
+        leaves = []
+        for t, need in zip(self.saved, wanted):
+            t = t.detach()
+            if need:
+                t.start_grad()
+            leaves.append(t)
+        with jt.enable_grad():
+            out = self.reference(*leaves)
+            targets = [t for t, need in zip(leaves, wanted) if need]
+            grads = iter(jt.grad((out * g).sum(), targets))
+        return tuple(next(grads) if need else None for need in wanted)
+
+
+class _GeoAttentionCPU(_Retraced):
     def __init__(self, geo, mode, scaling):
         self.geo, self.mode, self.scaling = geo, mode, scaling
 
@@ -427,21 +475,34 @@ class _GeoAttentionCPU(jt.Function):
                   self.geo.sin.reshape((h * w, -1)), self.geo.cos.reshape((h * w, -1))]
         return jt.code(v.shape, v.dtype, inputs, cpu_header=_HEADER, cpu_src=defines + _ATTN_SRC)
 
-    def grad(self, g):
-        wanted = [m >= 0 for m in self.input_mask]
-        leaves = []
-        for t, need in zip(self.saved, wanted):
-            t = t.detach()
-            if need:
-                t.start_grad()
-            leaves.append(t)
-        qk, v, decay, weight, q_bias, k_bias = leaves
-        with jt.enable_grad():
-            out = _geo_attention_composite(qk, v, self.geo, decay, weight, q_bias, k_bias,
-                                           self.scaling, self.mode)
-            targets = [t for t, need in zip(leaves, wanted) if need]
-            grads = iter(jt.grad((out * g).sum(), targets))
-        return tuple(next(grads) if need else None for need in wanted)
+    def reference(self, qk, v, decay, weight, q_bias, k_bias):
+        return _geo_attention_composite(qk, v, self.geo, decay, weight, q_bias, k_bias,
+                                        self.scaling, self.mode)
+
+
+class _LayerNormCPU(_Retraced):
+    def __init__(self, norm):
+        self.norm = norm
+
+    def execute(self, x, weight, bias):
+        self.saved = (x, weight, bias)
+        c = x.shape[-1]
+        src = f"#define EPS {self.norm.eps!r}f\n" + _LAYERNORM_SRC
+        y = jt.code((x.numel() // c, c), x.dtype, [x.reshape((-1, c)), weight, bias],
+                    cpu_header=_HEADER, cpu_src=src)
+        return y.reshape(x.shape)
+
+    def reference(self, x, weight, bias):
+        mean = x.mean(-1, keepdims=True)
+        var = ((x - mean) * (x - mean)).mean(-1, keepdims=True)
+        return (x - mean) / jt.sqrt(var + self.norm.eps) * weight + bias
+
+
+def layer_norm(norm, x):
+    """Apply the LayerNorm module ``norm`` (over the last axis), with the C++ kernel on CPU."""
+    if _fused(x):
+        return _LayerNormCPU(norm)(x, norm.weight, norm.bias)
+    return norm(x)
 
 
 def geo_attention(qk, v, geo, decay, weight, q_bias, k_bias, scaling, mode):
@@ -450,7 +511,7 @@ def geo_attention(qk, v, geo, decay, weight, q_bias, k_bias, scaling, mode):
     ``qk`` holds the raw (bias-free) q|k projections (B, H, W, 2C); ``v`` the
     values to attend (B, H, W, C). Returns (B, H, W, C).
     """
-    if _fused() and (v.shape[-1] // decay.shape[0]) % 16 == 0:
+    if _fused(qk, v) and (v.shape[-1] // decay.shape[0]) % 16 == 0:
         return _GeoAttentionCPU(geo, mode, scaling)(qk, v, decay, weight, q_bias, k_bias)
     return _geo_attention_composite(qk, v, geo, decay, weight, q_bias, k_bias, scaling, mode)
 
@@ -460,12 +521,15 @@ def geo_attention(qk, v, geo, decay, weight, q_bias, k_bias, scaling, mode):
 # ----------------------------------------------------------------------------
 
 def _linear(layer, x):
-    """``nn.Linear`` over the last axis of an N-D tensor, as one 2-D matrix product."""
+    """``nn.Linear`` over the last axis of an N-D tensor, as one 2-D matrix product.
+
+    The bias is added after the reshape so Jittor can fuse it with the
+    element-wise operation that follows (activation, residual sum).
+    """
     shape = x.shape
     y = nn.matmul_transpose(x.reshape((-1, shape[-1])), layer.weight)
-    if layer.bias is not None:
-        y = y + layer.bias
-    return y.reshape(tuple(shape[:-1]) + (y.shape[-1],))
+    y = y.reshape(tuple(shape[:-1]) + (y.shape[-1],))
+    return y + layer.bias if layer.bias is not None else y
 
 
 class DWConv2d(nn.Module):
@@ -480,7 +544,7 @@ class DWConv2d(nn.Module):
 
     def execute(self, x, residual=False):
         conv = self.dwconv
-        if _fused() and x.shape[-1] % 16 == 0:
+        if _fused(x) and x.shape[-1] % 16 == 0:
             return _DWConvCPU(residual)(x, conv.weight, conv.bias)
         if jt.flags.use_cuda:
             y = conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -689,11 +753,11 @@ class RGBDBlock(nn.Module):
 
     def execute(self, x, geo):
         x = self.cnn_pos_encode(x, residual=True)
-        y = self.Attention(self.layer_norm1(x), geo, self.Geo)
+        y = self.Attention(layer_norm(self.layer_norm1, x), geo, self.Geo)
         if self.layerscale:
             y = self.gamma_1 * y
         x = x + self.drop_path(y)
-        y = self.ffn(self.layer_norm2(x))
+        y = self.ffn(layer_norm(self.layer_norm2, x))
         if self.layerscale:
             y = self.gamma_2 * y
         return x + self.drop_path(y)
@@ -790,7 +854,7 @@ class DFormerv2(nn.Module):
         for i, layer in enumerate(self.layers):
             out, x = layer(x, depth)
             if i > 0:
-                out = self.extra_norms[i - 1](out)
+                out = layer_norm(self.extra_norms[i - 1], out)
             outs.append(out.permute(0, 3, 1, 2))
         return outs
 

@@ -16,6 +16,8 @@ Items are dicts::
     fn     str                path of the RGB file
 
 Batches (Jittor's collation) hold ``jt.Var`` for the arrays and a list of str for ``fn``.
+As everywhere in Jittor, ``len(dataset)`` counts batches; ``dataset.num_samples`` counts
+samples per epoch.
 
 Reproducible randomness
 -----------------------
@@ -50,7 +52,7 @@ from jittor.dataset.sampler import Sampler
 from .transforms import IGNORE_LABEL, SUN_PAD_SIZE, EvalTransform, TrainTransform
 
 _TAG_ORDER, _TAG_TAIL, _TAG_SAMPLE = 1, 2, 3
-_MAX_INDEX = 2 ** 31 - 1  # Jittor shares the index list as int32
+_MAX_INDEX = 2 ** 31 - 1  # Jittor's MPI sharding handles indices as int32
 
 
 class DataError(ValueError):
@@ -353,7 +355,13 @@ class RGBXDataset(Dataset):
             global _POOL_DATASET
             import multiprocessing as mp
             _POOL_DATASET = self
-            self._pool = mp.get_context("fork").Pool(self.num_workers, initializer=_pool_init)
+            # OpenCV's thread pool does not survive fork(): park it while forking.
+            threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+            try:
+                self._pool = mp.get_context("fork").Pool(self.num_workers, initializer=_pool_init)
+            finally:
+                cv2.setNumThreads(threads)
         ahead = 2 * self.num_workers
         pending = [self._pool.apply_async(_pool_load, (c,)) for c in chunks[:ahead]]
         for k in range(len(chunks)):
@@ -386,7 +394,9 @@ class RGBXDataset(Dataset):
 def build_train_loader(cfg, seed=None, num_workers=None, batch_size=None, shuffle=True):
     """Training dataset: batches of ``cfg.batch_size``, seeded shuffle, drop_last.
 
-    Call ``loader.set_epoch(epoch)`` before each epoch.
+    Each completed pass moves on to the next epoch; ``loader.set_epoch(epoch)``
+    selects one explicitly and ``loader.set_epoch(epoch, start_iter=k)`` resumes
+    inside it.
     """
     ds = RGBXDataset(cfg, "train", seed=seed)
     return ds.set_attrs(batch_size=batch_size or cfg.batch_size, shuffle=shuffle, drop_last=True,

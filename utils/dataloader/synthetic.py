@@ -382,7 +382,7 @@ def ensure_synthetic_dataset(cfg, workers=1, verbose=True):
         try:
             generate_dataset(root, want["train"], want["test"], want["seed"], want["height"],
                              want["width"], workers=workers, verbose=verbose)
-        except OSError:
+        except (OSError, SyntheticDatasetError):
             # Another process may have finished the same generation first.
             if read_meta(root) != want:
                 raise

@@ -67,6 +67,39 @@ def seed_iteration(seed, t):
     jt.set_global_seed(derived_seed(seed, t), different_seed_for_mpi=True)
 
 
+_FTZ_HEADER = """
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+"""
+_FTZ_SRC = """
+#if defined(__x86_64__) || defined(__i386__)
+_mm_setcsr(_mm_getcsr() | 0x8040);
+@out(0) = 1;
+#else
+@out(0) = 0;
+#endif
+"""
+
+
+def enable_flush_to_zero():
+    """Switch the main thread to flush-to-zero + denormals-are-zero now (x86 CPU).
+
+    Jittor builds its CPU kernels with ``-Ofast``; loading such a library switches the
+    *loading thread* to FTZ/DAZ, and which thread loads which kernel first (main thread
+    or a parallel-compiler thread) depends on the process's history. Without this, a
+    resumed run switches at another moment than an uninterrupted one and rounds values
+    below 1e-38 (Adam's second moments of tiny gradients) differently. Setting the mode
+    once at start-up, before any compute thread exists, makes it the same in every run.
+    Returns False where it cannot be set (not x86).
+    """
+    done = jt.code((1,), "int32", [], cpu_header=_FTZ_HEADER, cpu_src=_FTZ_SRC)
+    if not int(done.item()):
+        return False
+    tiny = jt.array(np.full((2,), 1e-20, dtype=np.float32))
+    return float((tiny * tiny).sum().item()) == 0.0
+
+
 def reference_val_due(epoch, cfg):
     """The reference's validation schedule (reference-facts 4.4)."""
     return epoch > int(cfg.checkpoint_start_epoch) or epoch == 1 or epoch % 10 == 0
@@ -367,6 +400,10 @@ class Trainer:
         self.logger.info(f"{msg}: {self.iteration} iterations (epoch "
                          f"{self.iteration / self.niters:.2f}/{self.nepochs}); best mIoU "
                          f"{self.best_miou} (epoch {self.best_epoch}); checkpoints in {self.work_dir}")
+        spi = self.seconds_per_iteration()
+        if spi is not None:
+            self.logger.info(f"Median time per iteration this run: {spi:.3f}s "
+                             f"({len(self.iter_seconds)} iterations)")
         self.tb.flush()
         return {"iteration": self.iteration, "epoch": self.completed_epoch(), "reason": reason,
                 "best_miou": self.best_miou, "metrics": self.last_metrics,
@@ -404,8 +441,11 @@ class Trainer:
             if self.opts.ckpt_every and self.iteration % self.opts.ckpt_every == 0:
                 self.save(self.latest_path)
         self.train_timer.add(time.time() - t0)
-        self._end_epoch(epoch, sum_loss / max(count, 1))
-        return self._signal_stop()
+        stop = self._signal_stop()
+        # On a stop request the epoch's validation is skipped (a Ctrl-C also reaches the
+        # data-loader workers); its checkpoint is still written.
+        self._end_epoch(epoch, sum_loss / max(count, 1), validate=stop is None)
+        return stop
 
     def run_iteration(self, batch):
         """One optimisation step at global iteration ``self.iteration``; returns the loss."""
@@ -455,9 +495,9 @@ class Trainer:
             self.logger.info(f"Epoch {epoch}/{self.nepochs} Iter {idx + 1}/{self.niters}: "
                              f"lr={lr:.4e} loss={loss:.4f} total_loss={mean_loss:.4f}")
 
-    def _end_epoch(self, epoch, mean_loss):
+    def _end_epoch(self, epoch, mean_loss, validate=True):
         self.tb.add_scalar("train/epoch_loss", mean_loss, epoch)
-        if self.val_due(epoch):
+        if validate and self.val_due(epoch):
             self.validate(epoch)
         self.save(self.latest_path)
         self._log_eta(epoch)

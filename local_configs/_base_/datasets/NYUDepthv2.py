@@ -19,4 +19,11 @@ def dataset_config():
     C.image_height = 480
     C.image_width = 640
     C.palette = "nyu"
+    # training schedule shared by the NYUDepthv2 configs (model configs override)
+    C.lr = 6e-5
+    C.batch_size = 8
+    C.nepochs = 500
+    C.num_workers = 16
+    C.checkpoint_start_epoch = 250
+    C.eval_crop_size = [480, 640]
     return C

@@ -18,4 +18,11 @@ def dataset_config():
     C.image_height = 480
     C.image_width = 480
     C.palette = "nyu"
+    # training schedule shared by the SUNRGBD configs (model configs override)
+    C.lr = 8e-5
+    C.batch_size = 16
+    C.nepochs = 300
+    C.num_workers = 16
+    C.checkpoint_start_epoch = 200
+    C.eval_crop_size = [480, 480]
     return C
