@@ -24,7 +24,7 @@ from jittor import nn
 from local_configs import load_config
 from local_configs._base_ import dataset_paths, finalize
 from models.layers import BatchNorm2d, DropPath
-from utils.checkpoint import CheckpointError, atomic_save, read_checkpoint
+from utils.checkpoint import CheckpointError, read_checkpoint
 from utils.engine.logger import NullWriter, get_logger
 from utils.engine.optim import (SGDM, AdamW, WarmUpPolyLR, build_optimizer, group_parameters)
 from utils.engine.trainer import (TrainOptions, Trainer, ZeroDepth, reference_val_due,

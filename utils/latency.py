@@ -1,7 +1,7 @@
 """Forward latency of a DFormer / DFormerv2 config.
 
     python utils/latency.py --config local_configs.NYUDepthv2.DFormer_Tiny \\
-        [--shape H W] [--batch B] [--warmup N] [--iters N] [--json] [--efficiency]
+        [--shape H W] [--batch B] [--warmup N] [--iters N] [--json] [--efficiency] [--train]
 
 The model (random weights, eval mode, fixed NMF bases so runs are comparable) runs
 under no_grad on random RGB and depth inputs; each forward is timed up to
@@ -10,6 +10,12 @@ Runs on CUDA when Jittor finds one, else on the CPU.
 
 Unlike the reference's utils/latency.py (training mode, 100 warm-up and 300 timed
 runs on a GPU, mean only), this measures eval mode and reports mean, median, min.
+
+``--train`` times training iterations instead (seconds per iteration): forward
+with a random label, backward and an AdamW step through the project's optimiser
+(utils/engine/optim.py: the reference's parameter groups and update rule), on
+random inputs of ``--batch`` images; the first iteration (compilation) is
+reported apart. Typical use: ``--train --shape 240 320 --batch 2``.
 
 ``--efficiency`` also measures the device's fp32 matrix-product peak through Jittor
 (best of a few 2048^3 products on the CPU, 4096^3 on CUDA) and reports the model's FLOP rate (full count of
@@ -108,6 +114,56 @@ def measure(config, shape=(480, 640), batch=1, warmup=3, iters=10, efficiency=Fa
     return res
 
 
+def measure_train(config, shape=(240, 320), batch=2, warmup=1, iters=5):
+    """Seconds per training iteration of ``config`` (forward + backward + AdamW step).
+
+    The optimiser is the project's (utils/engine/optim.py: reference parameter
+    groups, AdamW at the config's lr and weight decay; the lr is fixed, the
+    schedule costs nothing) and the CPU runs in flush-to-zero mode, as in
+    utils/engine/trainer.py. Inputs and the label (uniform over the classes)
+    are random, drawn once.
+    """
+    from local_configs import load_config
+    from models.builder import EncoderDecoder
+    from utils.engine.optim import build_optimizer, group_parameters
+
+    from utils.engine.trainer import enable_flush_to_zero
+
+    device = runtime.init_device()
+    enable_flush_to_zero()          # as the trainer does at start-up
+    cfg = load_config(config)
+    model = EncoderDecoder(cfg, load_pretrained=False)
+    model.train()
+    groups = group_parameters(model, train_all=bool(cfg.get("train_all_params", False)))
+    optimizer = build_optimizer(cfg, groups)
+    h, w = int(shape[0]), int(shape[1])
+    rng = np.random.RandomState(0)
+    rgb = jt.array(rng.rand(batch, 3, h, w).astype(np.float32))
+    depth = jt.array(rng.rand(batch, 3, h, w).astype(np.float32))
+    label = jt.array(rng.randint(0, cfg.num_classes, (batch, h, w)).astype(np.int32))
+    _sync([rgb, depth, label] + list(model.parameters()))
+
+    def step():
+        start = time.perf_counter()
+        loss = model(rgb, depth, label)
+        optimizer.backward(loss)
+        optimizer.step()
+        loss.item()
+        jt.sync_all(True)
+        return time.perf_counter() - start
+
+    res = {"config": config, "device": device, "shape": [h, w], "batch": batch, "mode": "train",
+           "warmup": warmup, "iters": iters, "threads": _threads(),
+           "jittor_version": jt.__version__, "runtime": runtime.describe()}
+    res["first_iter_s"] = step()
+    for _ in range(warmup):
+        step()
+    times = [step() for _ in range(iters)]
+    res.update(median_s_per_iter=statistics.median(times), mean_s_per_iter=statistics.fmean(times),
+               min_s_per_iter=min(times), std_s_per_iter=statistics.pstdev(times))
+    return res
+
+
 def _threads():
     """CPU threads Jittor's OpenMP kernels may use."""
     value = os.environ.get("OMP_NUM_THREADS")
@@ -116,6 +172,17 @@ def _threads():
 
 def format_report(res):
     from tabulate import tabulate
+    h, w = res["shape"]
+    if res.get("mode") == "train":
+        rows = [["median", f"{res['median_s_per_iter']:.3f} s/iter"],
+                ["mean", f"{res['mean_s_per_iter']:.3f} s/iter"],
+                ["min", f"{res['min_s_per_iter']:.3f} s/iter"],
+                ["std", f"{res['std_s_per_iter']:.3f} s"],
+                ["first iteration (compile)", f"{res['first_iter_s']:.2f} s"]]
+        head = (f"{res['config']}: batch {res['batch']}, {h}x{w}, training step (forward + "
+                f"backward + AdamW), {res['warmup']} warm-up + {res['iters']} timed\n"
+                f"{res['runtime']}")
+        return head + "\n" + tabulate(rows, headers=["", "value"])
     rows = [["median", f"{res['median_ms']:.2f} ms"], ["mean", f"{res['mean_ms']:.2f} ms"],
             ["min", f"{res['min_ms']:.2f} ms"], ["std", f"{res['std_ms']:.2f} ms"],
             ["images/s (median)", f"{res['fps']:.2f}"],
@@ -125,7 +192,6 @@ def format_report(res):
                  ["achieved", f"{res['achieved_gflops_per_s']:.1f} GFLOP/s"],
                  ["fp32 matmul peak", f"{res['peak_gflops']:.1f} GFLOP/s"],
                  ["efficiency", f"{res['efficiency_pct']:.1f} % of peak"]]
-    h, w = res["shape"]
     head = (f"{res['config']}: batch {res['batch']}, {h}x{w}, eval, no_grad, "
             f"{res['warmup']} warm-up + {res['iters']} timed runs\n{res['runtime']}")
     return head + "\n" + tabulate(rows, headers=["", "value"])
@@ -134,17 +200,27 @@ def format_report(res):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="e.g. local_configs.NYUDepthv2.DFormer_Tiny")
-    parser.add_argument("--shape", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--shape", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="input size (default 480 640; 240 320 with --train)")
+    parser.add_argument("--batch", type=int, default=None, help="default 1 (2 with --train)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--efficiency", action="store_true",
                         help="also measure the fp32 matmul peak and report the model's share of it")
+    parser.add_argument("--train", action="store_true",
+                        help="time training iterations (forward + backward + AdamW) instead")
     args = parser.parse_args(argv)
-    if args.iters < 1 or args.batch < 1 or args.warmup < 0:
+    shape = args.shape or ((240, 320) if args.train else (480, 640))
+    batch = args.batch or (2 if args.train else 1)
+    if args.iters < 1 or batch < 1 or args.warmup < 0:
         parser.error("--iters and --batch must be >= 1, --warmup >= 0")
-    res = measure(args.config, args.shape, args.batch, args.warmup, args.iters, args.efficiency)
+    if args.train and args.efficiency:
+        parser.error("--efficiency applies to the forward benchmark, not --train")
+    if args.train:
+        res = measure_train(args.config, shape, batch, args.warmup, args.iters)
+    else:
+        res = measure(args.config, shape, batch, args.warmup, args.iters, args.efficiency)
     print(json.dumps(res) if args.json else format_report(res))
 
 

@@ -166,15 +166,15 @@ def build_model(cfg, args, resuming, logger):
 
 
 def build_loaders(cfg, args, seed):
+    """Training loader (seeded, per-epoch reproducible) and validation loader (or None)."""
     from utils.dataloader import build_train_loader, build_val_loader, default_val_batch_size
     train_loader = build_train_loader(cfg, seed=seed)
     val_loader = None
     if args.val_every != 0:
-        batch = default_val_batch_size(cfg)
-        if cfg.dataset_name == "SUNRGBD" and not cfg.get("pad_SUNRGBD"):
-            batch = max(int(args.gpus), 1)  # the reference: one image per GPU
-        if jt.in_mpi:
-            batch = max(batch, jt.world_size)
+        n = jt.world_size if jt.in_mpi else 1
+        # The reference's train.py: NYU-like datasets validate with C.batch_size, SUN RGB-D
+        # (padded or not) with one image per GPU.
+        batch = n if cfg.dataset_name == "SUNRGBD" else max(default_val_batch_size(cfg), n)
         val_loader = build_val_loader(cfg, batch_size=batch)
     return train_loader, val_loader
 
@@ -190,16 +190,10 @@ def write_run_info(work_dir, cfg, args, logger):
     logger.info("args: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
 
 
-def build_trainer(args, cfg=None):
-    """Everything a run needs, wired together (``cfg`` replaces loading ``--config``).
-
-    Returns ``(trainer, (resume_path, checkpoint_state))``, both None when not resuming.
-    """
-    from utils.engine.logger import get_logger, tensorboard_writer
-    from utils.engine.optim import WarmUpPolyLR, build_optimizer, group_parameters
-    from utils.engine.trainer import (Trainer, TrainOptions, derived_seed,
-                                      enable_flush_to_zero, is_main_process)
-
+def setup_run(args, cfg=None):
+    """Device, MPI check, config, work dir and logger; returns a namespace of them."""
+    from utils.engine.logger import get_logger
+    from utils.engine.trainer import enable_flush_to_zero, is_main_process
     device = runtime.init_device()
     ftz = enable_flush_to_zero() if device == "cpu" else True
     n = check_world(args)
@@ -212,23 +206,25 @@ def build_trainer(args, cfg=None):
     if not ftz:
         logger.warning("Could not enable flush-to-zero on the main thread: a resumed run may "
                        "differ from an uninterrupted one in values below 1e-38.")
-    if is_main_process():
-        write_run_info(work_dir, cfg, args, logger)
-    seed = int(cfg.seed)
-    resume_state = None
-    if resume:
+    return argparse.Namespace(device=device, world=n, rank=rank, cfg=cfg, work_dir=work_dir,
+                              resume=resume, logger=logger, log_file=log_file)
+
+
+def read_resume_state(run, args):
+    """Read the checkpoint to resume (if any); the run keeps the checkpoint's seed
+    unless --seed is given."""
+    state = None
+    if run.resume:
         from utils.checkpoint import read_checkpoint
-        resume_state = read_checkpoint(resume)
-        if args.seed is None and isinstance(resume_state, dict):
-            seed = int(resume_state.get("seed", seed))
-    cfg.seed = seed
-    amp, val_amp = resolve_amp(args, device, logger)
-    # Same initial weights on every rank and in every run with this seed.
-    jt.set_global_seed(derived_seed(seed, 0x1D17), different_seed_for_mpi=False)
-    model, forward = build_model(cfg, args, resume is not None, logger)
-    # Jittor draws random initial values when they are first computed, not when the
-    # ops are created: materialise them now, under the init seed, on every rank.
-    jt.sync_all()
+        state = read_checkpoint(run.resume)
+        if args.seed is None and isinstance(state, dict):
+            run.cfg.seed = int(state.get("seed", run.cfg.seed))
+    return state
+
+
+def build_optimisation(cfg, model, logger, world):
+    """Reference parameter groups, optimiser and lr schedule (utils/engine/optim.py)."""
+    from utils.engine.optim import WarmUpPolyLR, build_optimizer, group_parameters
     groups = group_parameters(model, train_all=bool(cfg.get("train_all_params", False)))
     logger.info(groups.summary())
     optimizer = build_optimizer(cfg, groups)
@@ -236,19 +232,42 @@ def build_trainer(args, cfg=None):
     logger.info(f"{cfg.optimizer}: lr {cfg.lr}, weight decay {cfg.weight_decay}; "
                 f"{cfg.nepochs} epochs x {cfg.niters_per_epoch} iterations, warm-up "
                 f"{schedule.warmup_iters}; global batch {cfg.batch_size}"
-                + (f" ({cfg.batch_size // n} per process)" if n > 1 else ""))
-    train_loader, val_loader = build_loaders(cfg, args, seed)
+                + (f" ({cfg.batch_size // world} per process)" if world > 1 else ""))
+    return optimizer, schedule
+
+
+def build_trainer(args, cfg=None):
+    """Everything a run needs, wired together (``cfg`` replaces loading ``--config``).
+
+    Returns ``(trainer, (resume_path, checkpoint_state))``, both None when not resuming.
+    """
+    from utils.engine.logger import tensorboard_writer
+    from utils.engine.trainer import Trainer, TrainOptions, derived_seed
+    run = setup_run(args, cfg)
+    cfg, logger = run.cfg, run.logger
+    state = read_resume_state(run, args)
+    if run.rank == 0:
+        write_run_info(run.work_dir, cfg, args, logger)
+    amp, val_amp = resolve_amp(args, run.device, logger)
+    # Same initial weights on every rank and in every run with this seed.
+    jt.set_global_seed(derived_seed(cfg.seed, 0x1D17), different_seed_for_mpi=False)
+    model, forward = build_model(cfg, args, run.resume is not None, logger)
+    # Jittor draws random initial values when they are first computed, not when the
+    # ops are created: materialise them now, under the init seed, on every rank.
+    jt.sync_all()
+    optimizer, schedule = build_optimisation(cfg, model, logger, run.world)
+    train_loader, val_loader = build_loaders(cfg, args, cfg.seed)
     if val_loader is not None:
         logger.info(f"val dataset len: {len(val_loader.names)}")
     opts = TrainOptions(max_iters=args.max_iters, max_val_iters=args.max_val_iters,
                         val_every=args.val_every, mst=args.mst, sliding=args.sliding, amp=amp,
-                        val_amp=val_amp, seed=seed, ckpt_every=args.ckpt_every,
+                        val_amp=val_amp, seed=cfg.seed, ckpt_every=args.ckpt_every,
                         progress=not args.no_progress)
-    tb = tensorboard_writer(work_dir, rank, logger)
-    trainer = Trainer(cfg, model, optimizer, schedule, train_loader, val_loader, work_dir, opts,
-                      logger, tb, forward_model=forward)
-    trainer.log_file = log_file
-    return trainer, (resume, resume_state)
+    trainer = Trainer(cfg, model, optimizer, schedule, train_loader, val_loader, run.work_dir,
+                      opts, logger, tensorboard_writer(run.work_dir, run.rank, logger),
+                      forward_model=forward)
+    trainer.log_file = run.log_file
+    return trainer, (run.resume, state)
 
 
 def main(argv=None, cfg=None):

@@ -21,7 +21,9 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from ..layers import BatchNorm2d, DropPath, GELU, interp_matrix, pool_matrix
+from ..layers import BatchNorm2d, DropPath, GELU, fused_cpu, interp_matrix, pool_matrix
+# DFormerv2's C++ CPU kernels: channels-last depthwise convolution and LayerNorm.
+from .dformerv2 import _LayerNormCPU, _dwconv_kernel, _taps
 
 __all__ = ["DFormer", "dformer_tiny", "dformer_small", "dformer_base", "dformer_large"]
 
@@ -61,6 +63,29 @@ class _DepthwiseConvNHWC(jt.Function):
         dw = ops.mkl_conv_backward_w(x, dy, k, k, 1, 1, p, p, 1, 1, groups,
                                      "acdb", "oihw", "acdb")
         return dx, dw
+
+
+class _DepthwiseConvResidualNHWC(jt.Function):
+    """``x + dwconv(x) + bias`` of a channels-last tensor in one pass (C++ kernel).
+
+    The forward and the input gradient (same kernel, taps rotated by 180
+    degrees, plus the residual) run in DFormerv2's OpenMP kernel, which for 3x3
+    taps beats oneDNN's NHWC depthwise convolution and saves the separate bias
+    and residual passes; the weight gradient comes from oneDNN.
+    """
+
+    def execute(self, x, weight, bias):
+        self.x, self.weight = x, weight
+        return _dwconv_kernel(x, _taps(weight), bias, residual=True)
+
+    def grad(self, dy):
+        x, w = self.x, self.weight
+        c, k = w.shape[0], w.shape[2]
+        p = k // 2
+        dx = _dwconv_kernel(dy, _taps(w, flip=True), jt.zeros((c,), dtype=dy.dtype), residual=True)
+        dw = _mkl_ops().mkl_conv_backward_w(x, dy, k, k, 1, 1, p, p, 1, 1, c,
+                                            "acdb", "oihw", "acdb")
+        return dx, dw, dy.sum([0, 1, 2])
 
 
 @functools.lru_cache(maxsize=64)
@@ -122,6 +147,8 @@ class ChannelsLastLayerNorm(nn.Module):
         self.bias = jt.zeros((dim,), dtype="float32")
 
     def execute(self, x):
+        if fused_cpu(x):
+            return _LayerNormCPU(self)(x, self.weight, self.bias)
         centred = x - x.mean(-1, keepdims=True)
         var = (centred * centred).mean(-1, keepdims=True)
         return centred * jt.rsqrt(var + self.eps) * self.weight + self.bias
@@ -143,14 +170,18 @@ class DepthwiseConv2d(nn.Module):
         self.weight = jt.init.uniform((dim, 1, kernel_size, kernel_size), "float32", -bound, bound)
         self.bias = jt.init.uniform((dim,), "float32", -bound, bound)
 
-    def execute(self, x):
+    def execute(self, x, residual=False):
+        """``dwconv(x)``, or ``x + dwconv(x)`` when ``residual``."""
         pad = self.kernel_size // 2
+        if (residual and self.kernel_size == 3 and self.dim % 16 == 0 and fused_cpu(x)
+                and _mkl_ops() is not None):
+            return _DepthwiseConvResidualNHWC()(x, self.weight, self.bias)
         if _mkl_ops() is not None:
             y = _DepthwiseConvNHWC(pad)(x, self.weight)
         else:
             y = nn.conv2d(x.permute(0, 3, 1, 2), self.weight, None, 1, pad, 1, self.dim)
             y = y.permute(0, 2, 3, 1)
-        return y + self.bias
+        return x + (y + self.bias) if residual else y + self.bias
 
     def extra_repr(self):
         return f"{self.dim}, kernel_size={self.kernel_size}"
@@ -169,7 +200,7 @@ class MLP(nn.Module):
 
     def execute(self, x):
         x = _linear_with_ones(self.norm(x), self.fc1)
-        x = self.act(self.pos(x) + x)
+        x = self.act(self.pos(x, residual=True))
         return self.fc2(x)
 
 

@@ -24,7 +24,8 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from ..layers import BatchNorm2d, DropPath, GELU, LayerNorm, resize
+from ..layers import (BatchNorm2d, DropPath, GELU, LayerNorm, fused_cpu, resize,
+                      use_fused_cpu_kernels)
 
 __all__ = ["DFormerv2", "dformerv2_s", "dformerv2_b", "dformerv2_l",
            "rotary_angle", "geo_decay", "use_fused_cpu_kernels"]
@@ -75,18 +76,9 @@ def geo_decay(num_heads, initial_value, heads_range):
 # directly; both reproduce the reference.
 # ----------------------------------------------------------------------------
 
-_FUSED_CPU = {"enabled": True}
-
-
-def use_fused_cpu_kernels(enabled=True):
-    """Switch the C++ CPU kernels on or off (off: pure Jittor operators)."""
-    _FUSED_CPU["enabled"] = bool(enabled)
-
-
-def _fused(*tensors):
-    """True when the C++ kernels apply: enabled, running on the CPU, float32 inputs."""
-    return (_FUSED_CPU["enabled"] and not jt.flags.use_cuda
-            and all(str(t.dtype) == "float32" for t in tensors))
+# One switch (models.layers.use_fused_cpu_kernels) covers these kernels and the
+# shared ones of models.layers (GELU); it is re-exported here.
+_fused = fused_cpu
 
 
 _HEADER = r"""
@@ -103,17 +95,22 @@ static inline dfv_vec dfv_load(const float* p) { return *(const dfv_uvec*)p; }
 static inline void dfv_store(float* p, dfv_vec v) { *(dfv_uvec*)p = v; }
 // (x0, x1, x2, x3, ...) -> (x1, x0, x3, x2, ...)
 #if defined(__clang__)
-#define DFV_SWAP_PAIRS(v) __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14)
+#define DFV_SWAP_PAIRS(v) \
+    __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14)
 #else
 typedef int dfv_ivec __attribute__((vector_size(64)));
-#define DFV_SWAP_PAIRS(v) __builtin_shuffle(v, (dfv_ivec){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14})
+#define DFV_SWAP_PAIRS(v) \
+    __builtin_shuffle(v, (dfv_ivec){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14})
 #endif
-// exp(x) for x <= 0 in branch-free float arithmetic so the softmax loops
-// vectorise (the libm call does not): Cody-Waite reduction by ln 2 (kept
+// Softmax weight exp(x) for x <= 0 in branch-free float arithmetic so the
+// loops vectorise (the libm call does not): Cody-Waite reduction by ln 2 (kept
 // exact with fma under -Ofast), degree-6 polynomial, 2^n via the exponent
-// bits. Relative error about 1e-7 on [-87, 0]; smaller inputs give ~1e-38.
+// bits; relative error about 1e-7. Below -60 it returns 0: such weights
+// (< 1e-26 next to the row maximum's 1) cannot change a float32 result, and
+// flushing them keeps denormals, which are very slow on x86, out of the sums.
 static inline float dformerv2_exp(float x) {
-    x = std::max(x, -87.0f);
+    const bool negligible = x < -60.0f;
+    x = std::max(x, -60.0f);
     const float n = std::floor(x * 1.44269504088896341f + 0.5f);
     float r = std::fma(n, -0.693359375f, x);
     r = std::fma(n, 2.12194440e-4f, r);
@@ -127,7 +124,7 @@ static inline float dformerv2_exp(float x) {
     const int32_t bits = ((int32_t)n + 127) << 23;
     float scale;
     std::memcpy(&scale, &bits, sizeof(scale));
-    return p * scale;
+    return negligible ? 0.0f : p * scale;
 }
 """
 
@@ -257,7 +254,8 @@ const int LP = (L + 15) / 16 * 16;
                 const float* cs = in8_p + (p0 + t * pstep) * D;
                 for (int u = 0; u < D / 16; u++) {
                     const dfv_vec kv = (dfv_load(kr + 16 * u) + dfv_load(bk + 16 * u)) * SCALE;
-                    const dfv_vec rot = kv * dfv_load(cs + 16 * u) + DFV_SWAP_PAIRS(kv) * dfv_load(sn + 16 * u);
+                    const dfv_vec rot = kv * dfv_load(cs + 16 * u)
+                                      + DFV_SWAP_PAIRS(kv) * dfv_load(sn + 16 * u);
                     for (int e = 0; e < 16; e++) kt[(size_t)(16 * u + e) * LP + t] = rot[e];
                     dfv_store(vv + (size_t)t * D + 16 * u, dfv_load(v + t * tstep * C + 16 * u));
                 }
@@ -288,7 +286,8 @@ const int LP = (L + 15) / 16 * 16;
                 const float* cs = in8_p + (p0 + i * pstep) * D;
                 for (int u = 0; u < D / 16; u++) {
                     const dfv_vec qv = dfv_load(qr + 16 * u) + dfv_load(bq + 16 * u);
-                    dfv_store(qb[r] + 16 * u, qv * dfv_load(cs + 16 * u) + DFV_SWAP_PAIRS(qv) * dfv_load(sn + 16 * u));
+                    dfv_store(qb[r] + 16 * u, qv * dfv_load(cs + 16 * u)
+                                              + DFV_SWAP_PAIRS(qv) * dfv_load(sn + 16 * u));
                 }
             }
             for (int j0 = 0; j0 < LP; j0 += 16) {
@@ -362,16 +361,6 @@ def _taps(weight, flip=False):
     if flip:
         return weight.reindex([k, k, c], ["i2", "0", f"{k - 1}-i0", f"{k - 1}-i1"])
     return weight.reindex([k, k, c], ["i2", "0", "i0", "i1"])
-
-
-def _dwconv_composite(x, weight, bias):
-    """Depthwise 'same' convolution of a channels-last map with Jittor operators."""
-    b, h, w, c = x.shape
-    k = weight.shape[-1]
-    p = k // 2
-    patches = x.reindex([b, h, w, c, k, k], ["i0", f"i1+i4-{p}", f"i2+i5-{p}", "i3"])
-    taps = weight.reindex([b, h, w, c, k, k], ["i3", "0", "i4", "i5"])
-    return (patches * taps).sum([4, 5]) + bias
 
 
 class _DWConvCPU(jt.Function):
@@ -546,10 +535,7 @@ class DWConv2d(nn.Module):
         conv = self.dwconv
         if _fused(x) and x.shape[-1] % 16 == 0:
             return _DWConvCPU(residual)(x, conv.weight, conv.bias)
-        if jt.flags.use_cuda:
-            y = conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        else:
-            y = _dwconv_composite(x, conv.weight, conv.bias)
+        y = conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return x + y if residual else y
 
 

@@ -14,6 +14,18 @@ LOG_FORMAT = "%(asctime)s - %(filename)s[line:%(lineno)d] - %(levelname)s: %(mes
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
+class TqdmHandler(logging.StreamHandler):
+    """Console handler that prints through ``tqdm.write`` so progress bars stay intact."""
+
+    def emit(self, record):
+        try:
+            from tqdm import tqdm
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # logging must never raise
+            self.handleError(record)
+
+
 def get_logger(work_dir=None, rank=0, name="dformer.train", stream=None):
     """Logger writing INFO+ to a new log file in ``work_dir`` and to ``stream`` (stderr).
 
@@ -26,7 +38,7 @@ def get_logger(work_dir=None, rank=0, name="dformer.train", stream=None):
         handler.close()
     logger.propagate = False
     formatter = logging.Formatter(LOG_FORMAT, DATE_FORMAT)
-    console = logging.StreamHandler(stream or sys.stderr)
+    console = TqdmHandler(stream or sys.stderr)
     console.setFormatter(formatter)
     logger.addHandler(console)
     path = None

@@ -175,8 +175,8 @@ class _StateMixin:
     def load_state_dict(self, state):
         """Restore moments, step count and lrs; the groups must match name for name."""
         if state.get("type") != type(self).__name__:
-            raise ValueError(f"optimizer state is for {state.get('type')}, not {type(self).__name__}"
-                             " (was the config's optimizer changed?)")
+            raise ValueError(f"optimizer state is for {state.get('type')}, not "
+                             f"{type(self).__name__} (was the config's optimizer changed?)")
         saved = state["param_groups"]
         if len(saved) != len(self.param_groups):
             raise ValueError(f"optimizer state has {len(saved)} parameter groups, this run "

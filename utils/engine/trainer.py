@@ -14,7 +14,15 @@ bases) and Python/NumPy's are seeded from ``(seed, t)`` (per rank under MPI); th
 order and augmentation of epoch ``e`` are functions of ``(seed, e)`` (utils.dataloader),
 and the lr is a function of ``t``. A run stopped at any iteration and resumed from its
 checkpoint therefore performs the same computation as an uninterrupted run; batches of
-the interrupted epoch that were already used are skipped.
+the interrupted epoch that were already used are skipped. Two Jittor details matter and
+are handled by utils/train.py and :meth:`Trainer.resume`: random initial weights are drawn
+when first *computed* (so the model is materialised right after it is built, under the
+init seed), and restored tensors are materialised before the first resumed step; on CPU
+the flush-to-zero mode is fixed at start-up (:func:`enable_flush_to_zero`). With these, a
+resumed CPU run ends bit-identical to the uninterrupted one (tests/test_train.py).
+
+Logging: the lr shown (tqdm, log, TensorBoard ``train/lr``) is the lr the step *used*
+(the reference prints the one it set for the next step).
 
 Checkpoints (``utils.checkpoint.atomic_save``: temporary file + rename)
 -----------------------------------------------------------------------
@@ -43,8 +51,8 @@ from jittor import nn
 from utils.checkpoint import CheckpointError, atomic_save, read_checkpoint
 
 CHECKPOINT_FORMAT = "dformer-jittor-train/1"
-RNG_SCHEME = "jt.set_global_seed(SeedSequence([seed, t]) per iteration t, rank offset 2591*rank); " \
-             "data order/augmentation from (seed, epoch)"
+RNG_SCHEME = ("jt.set_global_seed(SeedSequence([seed, t])) before iteration t (+2591*rank "
+              "under MPI); data order/augmentation from (seed, epoch)")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -182,7 +190,10 @@ class EMATimer:
         self.beta, self.mean = beta, None
 
     def add(self, seconds):
-        self.mean = seconds if self.mean is None else self.beta * self.mean + (1 - self.beta) * seconds
+        if self.mean is None:
+            self.mean = seconds
+        else:
+            self.mean = self.beta * self.mean + (1 - self.beta) * seconds
 
 
 class TrainOptions:
@@ -315,6 +326,8 @@ class Trainer:
             raise CheckpointError(f"{path}: {exc}") from None
         jt.sync_all()  # materialise the restored tensors, as after an uninterrupted step
         self.iteration = int(state["iteration"])
+        self._saved_iteration = self.iteration if os.path.abspath(path) == \
+            os.path.abspath(self.latest_path) else None
         self.best_miou, self.best_epoch = state.get("best_miou"), state.get("best_epoch")
         self.last_metrics = state.get("metrics")
         epoch, idx = divmod(self.iteration, self.niters)
@@ -399,7 +412,8 @@ class Trainer:
             reason, f"Stopped by {reason}")
         self.logger.info(f"{msg}: {self.iteration} iterations (epoch "
                          f"{self.iteration / self.niters:.2f}/{self.nepochs}); best mIoU "
-                         f"{self.best_miou} (epoch {self.best_epoch}); checkpoints in {self.work_dir}")
+                         f"{self.best_miou} (epoch {self.best_epoch}); checkpoints in "
+                         f"{self.work_dir}")
         spi = self.seconds_per_iteration()
         if spi is not None:
             self.logger.info(f"Median time per iteration this run: {spi:.3f}s "
@@ -486,8 +500,8 @@ class Trainer:
 
     def _log_iteration(self, epoch, idx, loss, mean_loss, bar):
         lr = self.optimizer.current_lr()
-        bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", avg=f"{mean_loss:.4f}", lr=f"{lr:.3e}", refresh=False)
+        bar.update(1)
         self.tb.add_scalar("train/loss", loss, self.iteration)
         self.tb.add_scalar("train/lr", lr, self.iteration)
         every = max(int(self.niters * 0.1), 1)
@@ -514,10 +528,11 @@ class Trainer:
     def _log_eta(self, epoch):
         left_epochs = self.nepochs - epoch
         left_evals = sum(1 for e in range(epoch + 1, self.nepochs + 1) if self.val_due(e))
-        seconds = (self.train_timer.mean or 0) * left_epochs + (self.eval_timer.mean or 0) * left_evals
-        eta = (datetime.datetime.now() + datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M:%S")
-        self.logger.info(f"Avg train time: {self.train_timer.mean or 0:.2f}s, avg eval time: "
-                         f"{self.eval_timer.mean or 0:.2f}s, left eval count: {left_evals}, ETA: {eta}")
+        train_s, eval_s = self.train_timer.mean or 0.0, self.eval_timer.mean or 0.0
+        eta = datetime.datetime.now() + datetime.timedelta(
+            seconds=train_s * left_epochs + eval_s * left_evals)
+        self.logger.info(f"Avg train time: {train_s:.2f}s, avg eval time: {eval_s:.2f}s, "
+                         f"left eval count: {left_evals}, ETA: {eta:%Y-%m-%d %H:%M:%S}")
 
     # -- validation
 
