@@ -17,7 +17,7 @@ import jittor as jt
 from jittor import nn
 
 __all__ = ["BatchNorm2d", "LayerNorm", "DropPath", "GELU", "gelu", "ConvModule", "resize",
-           "adaptive_avg_pool2d", "interp_matrix", "pool_matrix", "use_fused_cpu_kernels",
+           "adaptive_avg_pool2d", "interp_matrix", "interp_taps", "pool_matrix", "use_fused_cpu_kernels",
            "fused_cpu", "CPU_MATH_HEADER"]
 
 
@@ -145,66 +145,80 @@ static inline float lyr_gelu_parts(float x, float* cdf) {
 }
 """
 
-# y = x Phi(x) over the flat tensor, blocks of 4096 elements per task.
+# GELU of x (+ bias along the last axis), flat tensors in rows of ROW elements
+# (the bias length, else blocks of 4096). FORWARD: out0 = v Phi(v); otherwise
+# out0 = g (Phi(v) + v phi(v)), the gradient w.r.t. v, for g = in1. v = x + bias.
 _GELU_SRC = r"""
 const long long N = in0->num;
+const long long R = (N + ROW - 1) / ROW;
+const float* __restrict__ src = in0_p;
+float* __restrict__ dst = out0_p;
 #pragma omp parallel for schedule(static)
-for (long long b = 0; b < N; b += 4096) {
-    const long long e = std::min(N, b + 4096);
-    const float* __restrict__ x = in0_p;
-    float* __restrict__ y = out0_p;
+for (long long r = 0; r < R; r++) {
+    const long long base = r * ROW;
+    const int len = (int)std::min<long long>(ROW, N - base);
 #pragma omp simd
-    for (long long i = b; i < e; i++) {
+    for (int c = 0; c < len; c++) {
+        const float v = src[base + c] BIAS_TERM(c);
         float cdf;
-        lyr_gelu_parts(x[i], &cdf);
-        y[i] = x[i] * cdf;
+        const float pdf = lyr_gelu_parts(v, &cdf);
+#if FORWARD
+        (void)pdf;
+        dst[base + c] = v * cdf;
+#else
+        dst[base + c] = in1_p[base + c] * std::fma(v, pdf, cdf);
+#endif
     }
 }
 """
 
-# dx = g (Phi(x) + x phi(x)); in0 x, in1 g.
-_GELU_GRAD_SRC = r"""
-const long long N = in0->num;
-#pragma omp parallel for schedule(static)
-for (long long b = 0; b < N; b += 4096) {
-    const long long e = std::min(N, b + 4096);
-    const float* __restrict__ x = in0_p;
-    const float* __restrict__ g = in1_p;
-    float* __restrict__ dx = out0_p;
-#pragma omp simd
-    for (long long i = b; i < e; i++) {
-        float cdf;
-        const float pdf = lyr_gelu_parts(x[i], &cdf);
-        dx[i] = g[i] * std::fma(x[i], pdf, cdf);
-    }
-}
-"""
+
+def _gelu_kernel(x, bias, grad=None):
+    """Run :data:`_GELU_SRC`: GELU(x + bias), or its gradient w.r.t. x for ``grad``."""
+    inputs = [x] if grad is None else [x, grad]
+    if bias is None:
+        defines = "#define ROW 4096\n#define BIAS_TERM(c)\n"
+    else:
+        defines = (f"#define ROW in{len(inputs)}_shape0\n"
+                   f"#define BIAS_TERM(c) + in{len(inputs)}_p[c]\n")
+        inputs.append(bias)
+    defines += f"#define FORWARD {int(grad is None)}\n"
+    return jt.code(x.shape, x.dtype, inputs, cpu_header=CPU_MATH_HEADER,
+                   cpu_src=defines + _GELU_SRC)
 
 
 class _GELUCPU(jt.Function):
-    """GELU through the C++ kernel; the gradient is a second kernel."""
+    """GELU(x [+ bias]) through the C++ kernel; the gradient is a second kernel."""
 
-    def execute(self, x):
-        self.x = x
-        return jt.code(x.shape, x.dtype, [x], cpu_header=CPU_MATH_HEADER, cpu_src=_GELU_SRC)
+    def execute(self, x, bias=None):
+        self.x, self.bias = x, bias
+        return _gelu_kernel(x, bias)
 
     def grad(self, g):
-        return jt.code(self.x.shape, self.x.dtype, [self.x, g], cpu_header=CPU_MATH_HEADER,
-                       cpu_src=_GELU_GRAD_SRC)
+        dx = _gelu_kernel(self.x, self.bias, g)
+        if self.bias is None:
+            return dx
+        return dx, dx.reshape((-1, self.bias.shape[0])).sum(0)
 
 
-def gelu(x):
-    """Exact (erf) GELU; on the CPU a vectorised OpenMP kernel (erf to ~1.5e-7)."""
+def gelu(x, bias=None):
+    """Exact (erf) GELU of ``x`` (plus ``bias`` along the last axis when given).
+
+    On the CPU one vectorised OpenMP pass (erf to ~1.5e-7) that also adds the
+    bias, e.g. of the Linear layer before it.
+    """
     if fused_cpu(x):
-        return _GELUCPU()(x)
+        return _GELUCPU()(x) if bias is None else _GELUCPU()(x, bias)
+    if bias is not None:
+        x = x + bias
     return x * 0.5 * (1.0 + jt.erf(x * 0.7071067811865476))
 
 
 class GELU(nn.Module):
-    """Exact (erf) GELU, as ``torch.nn.GELU()``."""
+    """Exact (erf) GELU, as ``torch.nn.GELU()``; ``execute(x, bias)`` is GELU(x + bias)."""
 
-    def execute(self, x):
-        return gelu(x)
+    def execute(self, x, bias=None):
+        return gelu(x, bias)
 
 
 class DropPath(nn.Module):
@@ -296,12 +310,87 @@ def _separable(x, mat_h, mat_w):
     return y.reshape((ho, n * c, wo)).transpose((1, 0, 2)).reshape((n, c, ho, wo))
 
 
+@functools.lru_cache(maxsize=256)
+def interp_taps(out_size, in_size, align_corners=False):
+    """The rows of :func:`interp_matrix` as (index, weight) pairs.
+
+    Returns int32 (out_size, 2) indices and float32 (out_size, 2) weights (the
+    matrix entries, so both forms give the same result); a row with a single
+    non-zero gets a second tap of weight 0 at the same index.
+    """
+    mat = interp_matrix(out_size, in_size, align_corners)
+    idx = np.zeros((out_size, 2), np.int32)
+    wts = np.zeros((out_size, 2), np.float32)
+    for r in range(out_size):
+        cols = np.flatnonzero(mat[r])
+        assert len(cols) <= 2
+        if len(cols):
+            idx[r] = cols[0], cols[-1]
+            wts[r, :len(cols)] = mat[r, cols]
+    return idx, wts
+
+
+# Bilinear resize of (M, H, W) planes with two taps per output row and column:
+# in0 x, in1 / in2 row taps / weights (Ho, 2), in3 / in4 column taps / weights
+# (Wo, 2) -> out0 (M, Ho, Wo). One task per output row of a plane.
+_RESIZE_SRC = r"""
+const int M = in0_shape0, H = in0_shape1, W = in0_shape2;
+const int HO = out0_shape1, WO = out0_shape2;
+#pragma omp parallel for collapse(2) schedule(static)
+for (int m = 0; m < M; m++)
+for (int i = 0; i < HO; i++) {
+    const float* r0 = in0_p + ((long long)m * H + in1_p[2 * i]) * W;
+    const float* r1 = in0_p + ((long long)m * H + in1_p[2 * i + 1]) * W;
+    const float a0 = in2_p[2 * i], a1 = in2_p[2 * i + 1];
+    float* __restrict__ y = out0_p + ((long long)m * HO + i) * WO;
+#pragma omp simd
+    for (int j = 0; j < WO; j++) {
+        const int c0 = in3_p[2 * j], c1 = in3_p[2 * j + 1];
+        const float b0 = in4_p[2 * j], b1 = in4_p[2 * j + 1];
+        y[j] = a0 * (b0 * r0[c0] + b1 * r0[c1]) + a1 * (b0 * r1[c0] + b1 * r1[c1]);
+    }
+}
+"""
+
+
+class _ResizeCPU(jt.Function):
+    """Separable two-tap resize (bilinear) through the C++ kernel.
+
+    The operator is linear, y = Mh x Mw^T per plane, so the input gradient is
+    the transposed operator, Mh^T g Mw, applied as products.
+    """
+
+    def __init__(self, size, align_corners):
+        self.size, self.align_corners = size, align_corners
+
+    def execute(self, x):
+        n, c, h, w = x.shape
+        ho, wo = self.size
+        self.mat_h = interp_matrix(ho, h, self.align_corners)
+        self.mat_w = interp_matrix(wo, w, self.align_corners)
+        taps = [jt.array(a) for a in interp_taps(ho, h, self.align_corners)
+                + interp_taps(wo, w, self.align_corners)]
+        y = jt.code((n * c, ho, wo), x.dtype, [x.reshape((n * c, h, w))] + taps,
+                    cpu_src=_RESIZE_SRC)
+        return y.reshape((n, c, ho, wo))
+
+    def grad(self, g):
+        return _separable(g, np.ascontiguousarray(self.mat_h.T),
+                          np.ascontiguousarray(self.mat_w.T))
+
+
 def resize(x, size, align_corners=False):
-    """Bilinear resize of an N C H W tensor, identical to ``F.interpolate(mode="bilinear")``."""
+    """Bilinear resize of an N C H W tensor, identical to ``F.interpolate(mode="bilinear")``.
+
+    On the CPU a two-tap OpenMP kernel; elsewhere products with the
+    interpolation matrices (see :func:`_separable`).
+    """
     size = (int(size[0]), int(size[1]))
     h, w = x.shape[-2:]
     if (h, w) == size:
         return x
+    if fused_cpu(x) and x.ndim == 4:
+        return _ResizeCPU(size, align_corners)(x)
     return _separable(x, interp_matrix(size[0], h, align_corners),
                       interp_matrix(size[1], w, align_corners))
 

@@ -359,7 +359,7 @@ def test_synthetic_labels_and_layout():
 def test_ensure_synthetic_dataset_and_loading(tmp_path):
     root = str(tmp_path / "datasets" / "SynthRGBD")
     cfg = load_config("local_configs.SynthRGBD.DFormer_Tiny")
-    cfg.update(num_train_imgs=4, num_eval_imgs=2, image_height=48, image_width=64,
+    cfg.update(num_train_imgs=4, num_eval_imgs=2, synthetic_size=(48, 64), image_height=48, image_width=64,
                batch_size=2, niters_per_epoch=2, dataset_path=root,
                rgb_root_folder=osp.join(root, "RGB"), x_root_folder=osp.join(root, "Depth"),
                gt_root_folder=osp.join(root, "Label"), train_source=osp.join(root, "train.txt"),

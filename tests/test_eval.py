@@ -18,7 +18,7 @@ from utils.checkpoint import atomic_save, model_state_numpy
 from utils.engine import evaluator as ev
 
 H, W = 64, 96
-TINY_OPTIONS = ["num_train_imgs=2", "num_eval_imgs=3", f"image_height={H}", f"image_width={W}",
+TINY_OPTIONS = ["num_train_imgs=2", "num_eval_imgs=3", f"image_height={H}", f"image_width={W}", f"synthetic_size=({H},{W})",
                 f"eval_crop_size=[{H},{W}]", "decoder_embed_dim=32", "num_workers=0", "batch_size=2"]
 PATH_KEYS = ("dataset_path", "rgb_root_folder", "gt_root_folder", "x_root_folder", "train_source",
              "eval_source")

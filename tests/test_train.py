@@ -44,6 +44,7 @@ def tiny_cfg(root, backbone="DFormer_Tiny", size=64, ntrain=4, nval=2, batch=2, 
     cfg.rgb_format = ".png"
     cfg.num_train_imgs, cfg.num_eval_imgs = ntrain, nval
     cfg.image_height = cfg.image_width = size
+    cfg.synthetic_size = (size, size)
     cfg.eval_crop_size = [size, size]
     cfg.batch_size, cfg.nepochs, cfg.num_workers = batch, epochs, 0
     finalize(cfg)

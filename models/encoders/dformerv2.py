@@ -509,16 +509,17 @@ def geo_attention(qk, v, geo, decay, weight, q_bias, k_bias, scaling, mode):
 # building blocks
 # ----------------------------------------------------------------------------
 
-def _linear(layer, x):
+def _linear(layer, x, add_bias=True):
     """``nn.Linear`` over the last axis of an N-D tensor, as one 2-D matrix product.
 
     The bias is added after the reshape so Jittor can fuse it with the
-    element-wise operation that follows (activation, residual sum).
+    element-wise operation that follows (residual sum); with ``add_bias=False``
+    the caller adds it.
     """
     shape = x.shape
     y = nn.matmul_transpose(x.reshape((-1, shape[-1])), layer.weight)
     y = y.reshape(tuple(shape[:-1]) + (y.shape[-1],))
-    return y + layer.bias if layer.bias is not None else y
+    return y + layer.bias if add_bias and layer.bias is not None else y
 
 
 class DWConv2d(nn.Module):
@@ -710,7 +711,7 @@ class FeedForwardNetwork(nn.Module):
         self.act = GELU()
 
     def execute(self, x):
-        x = self.act(_linear(self.fc1, x))
+        x = self.act(_linear(self.fc1, x, add_bias=False), self.fc1.bias)   # one pass on CPU
         return _linear(self.fc2, self.dwconv(x, residual=True))
 
 

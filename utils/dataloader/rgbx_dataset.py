@@ -40,6 +40,7 @@ explicitly, and ``dataset.set_epoch(epoch, start_iter=k)`` to skip the first
 ``k`` batches: a run resumed at iteration ``k`` then gets exactly the batches an
 uninterrupted run gets from there on, whatever ``num_workers`` is.
 """
+import atexit
 import os.path as osp
 
 import cv2
@@ -227,6 +228,12 @@ def _pool_load(indices):
     return _POOL_DATASET.load_batch(indices)
 
 
+def _terminate_pool(pool):
+    """atexit hook: a pool left with queued batches (a run stopped mid-epoch) would
+    otherwise keep the interpreter from exiting."""
+    pool.terminate()
+
+
 class RGBXDataset(Dataset):
     """RGB-D samples of one split; see the module docstring for items and randomness.
 
@@ -362,6 +369,7 @@ class RGBXDataset(Dataset):
                 self._pool = mp.get_context("fork").Pool(self.num_workers, initializer=_pool_init)
             finally:
                 cv2.setNumThreads(threads)
+            atexit.register(_terminate_pool, self._pool)
         ahead = 2 * self.num_workers
         pending = [self._pool.apply_async(_pool_load, (c,)) for c in chunks[:ahead]]
         for k in range(len(chunks)):

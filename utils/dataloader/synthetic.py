@@ -372,11 +372,12 @@ def ensure_synthetic_dataset(cfg, workers=1, verbose=True):
     """Generate ``cfg.dataset_path`` on first use; check an existing one matches ``cfg``.
 
     Parameters come from the config: ``synthetic_seed``, ``num_train_imgs``,
-    ``num_eval_imgs``, ``image_height``, ``image_width``.
+    ``num_eval_imgs`` and ``synthetic_size`` (image height, width; the training crop
+    ``image_height`` x ``image_width`` may be smaller).
     """
     root = cfg.dataset_path
-    want = _meta(cfg.get("synthetic_seed", 0), cfg.num_train_imgs, cfg.num_eval_imgs,
-                 cfg.image_height, cfg.image_width)
+    height, width = cfg.get("synthetic_size", (cfg.image_height, cfg.image_width))
+    want = _meta(cfg.get("synthetic_seed", 0), cfg.num_train_imgs, cfg.num_eval_imgs, height, width)
     have = read_meta(root)
     if have is None and not osp.exists(root):
         try:
