@@ -13,26 +13,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 CONFIG=${CONFIG:-local_configs.SynthRGBD.DFormer_Tiny}
 GPUS=${GPUS:-1}
-VENV=${DFORMER_VENV:-.venv}
-if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
-elif [ -x "$VENV/bin/python" ]; then PY="$VENV/bin/python"
-else PY=python3; fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-
-if [ -z "${CHECKPOINT:-}" ]; then
-  # The quick-start run: <log_dir>/best.pkl, else the newest <log_dir>/<timestamp>/best.pkl.
-  run_dir="checkpoints/$("$PY" -c "from local_configs import load_config; c = load_config('$CONFIG'); print(c.dataset_name + '_' + c.backbone)")"
-  CHECKPOINT="$run_dir/best.pkl"
-  if [ ! -f "$CHECKPOINT" ]; then
-    newest=$(ls -t "$run_dir"/*/best.pkl 2>/dev/null | head -n 1 || true)
-    [ -n "$newest" ] && CHECKPOINT=$newest
-  fi
-fi
-if [ ! -f "$CHECKPOINT" ]; then
-  echo "[eval.sh] checkpoint not found: $CHECKPOINT" >&2
-  echo "[eval.sh] train one first (python utils/train.py --config $CONFIG) or set CHECKPOINT=path" >&2
-  exit 1
-fi
+source utils/common.sh
+CHECKPOINT=${CHECKPOINT:-$(dformer_default_checkpoint "$CONFIG")}
+dformer_require_checkpoint "$CHECKPOINT" eval.sh "$CONFIG"
 
 cmd=("$PY" utils/eval.py --config "$CONFIG" --checkpoint "$CHECKPOINT" "$@")
 if [ "$GPUS" -gt 1 ]; then

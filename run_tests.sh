@@ -4,8 +4,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 bash install.sh
-VENV=${DFORMER_VENV:-.venv}
-PY=python3
-[ "$VENV" != "none" ] && PY="$VENV/bin/python"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+source utils/common.sh
 exec "$PY" -m pytest -ra "$@" tests

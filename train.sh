@@ -21,14 +21,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 DEFAULT_CONFIG=local_configs.SynthRGBD.DFormer_Tiny
 CONFIG=${CONFIG:-$DEFAULT_CONFIG}
 GPUS=${GPUS:-1}
-if [ -n "${PYTHON:-}" ]; then
-    PY=$PYTHON
-elif [ -x .venv/bin/python ]; then
-    PY=.venv/bin/python
-else
-    PY=python3
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+source utils/common.sh
 
 ARGS=(--config "$CONFIG" --gpus "$GPUS")
 if [ "$CONFIG" = "$DEFAULT_CONFIG" ]; then

@@ -77,11 +77,14 @@ class LayerNorm(nn.LayerNorm):
 # ---------------------------------------------------------------------------
 # C++ CPU kernels
 #
-# Jittor's generated element-wise kernels run on one thread and call the scalar
-# libm ``erf``. On the CPU the hot element-wise / normalisation operations of the
-# encoders therefore run as small ``jt.code`` kernels compiled with OpenMP and
-# written so the compiler vectorises them. Each has an exact gradient and a
-# pure-Jittor fallback, used on CUDA and after ``use_fused_cpu_kernels(False)``.
+# Jittor's generated element-wise kernels run on one thread, and a bias addition
+# in front of an opaque operator is a pass of its own. On the CPU the hot
+# element-wise operations (GELU with the preceding bias, bilinear resizing)
+# therefore run as small ``jt.code`` kernels compiled with OpenMP and written so
+# the compiler vectorises them. Each has an exact gradient and a pure-Jittor
+# fallback, used on CUDA and after ``use_fused_cpu_kernels(False)``; the switch
+# also covers the encoders' kernels (DFormerv2's depthwise convolution,
+# attention and LayerNorm, also used by DFormer).
 
 _FUSED_CPU = {"enabled": True}
 
@@ -332,22 +335,27 @@ def interp_taps(out_size, in_size, align_corners=False):
 
 # Bilinear resize of (M, H, W) planes with two taps per output row and column:
 # in0 x, in1 / in2 row taps / weights (Ho, 2), in3 / in4 column taps / weights
-# (Wo, 2) -> out0 (M, Ho, Wo). One task per output row of a plane.
+# (Wo, 2) -> out0 (M, Ho, Wo). One task per output row of a plane: the two
+# input rows are blended into a small buffer first (vectorised), then each
+# output reads two entries of it.
 _RESIZE_SRC = r"""
 const int M = in0_shape0, H = in0_shape1, W = in0_shape2;
 const int HO = out0_shape1, WO = out0_shape2;
-#pragma omp parallel for collapse(2) schedule(static)
-for (int m = 0; m < M; m++)
-for (int i = 0; i < HO; i++) {
-    const float* r0 = in0_p + ((long long)m * H + in1_p[2 * i]) * W;
-    const float* r1 = in0_p + ((long long)m * H + in1_p[2 * i + 1]) * W;
-    const float a0 = in2_p[2 * i], a1 = in2_p[2 * i + 1];
-    float* __restrict__ y = out0_p + ((long long)m * HO + i) * WO;
+#pragma omp parallel
+{
+    std::vector<float> blend(W);
+    float* __restrict__ t = blend.data();
+#pragma omp for collapse(2) schedule(static)
+    for (int m = 0; m < M; m++)
+    for (int i = 0; i < HO; i++) {
+        const float* __restrict__ r0 = in0_p + ((long long)m * H + in1_p[2 * i]) * W;
+        const float* __restrict__ r1 = in0_p + ((long long)m * H + in1_p[2 * i + 1]) * W;
+        const float a0 = in2_p[2 * i], a1 = in2_p[2 * i + 1];
+        for (int k = 0; k < W; k++) t[k] = a0 * r0[k] + a1 * r1[k];
+        float* __restrict__ y = out0_p + ((long long)m * HO + i) * WO;
 #pragma omp simd
-    for (int j = 0; j < WO; j++) {
-        const int c0 = in3_p[2 * j], c1 = in3_p[2 * j + 1];
-        const float b0 = in4_p[2 * j], b1 = in4_p[2 * j + 1];
-        y[j] = a0 * (b0 * r0[c0] + b1 * r0[c1]) + a1 * (b0 * r1[c0] + b1 * r1[c1]);
+        for (int j = 0; j < WO; j++)
+            y[j] = in4_p[2 * j] * t[in3_p[2 * j]] + in4_p[2 * j + 1] * t[in3_p[2 * j + 1]];
     }
 }
 """
@@ -371,7 +379,7 @@ class _ResizeCPU(jt.Function):
         taps = [jt.array(a) for a in interp_taps(ho, h, self.align_corners)
                 + interp_taps(wo, w, self.align_corners)]
         y = jt.code((n * c, ho, wo), x.dtype, [x.reshape((n * c, h, w))] + taps,
-                    cpu_src=_RESIZE_SRC)
+                    cpu_header="#include <vector>", cpu_src=_RESIZE_SRC)
         return y.reshape((n, c, ho, wo))
 
     def grad(self, g):

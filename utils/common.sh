@@ -1,0 +1,31 @@
+# Shell helpers shared by train.sh, eval.sh, infer.sh and run_tests.sh (sourced, not run).
+
+# The interpreter: $PYTHON, else the project's virtual environment, else python3.
+dformer_python() {
+  local venv=${DFORMER_VENV:-.venv}
+  if [ -n "${PYTHON:-}" ]; then echo "$PYTHON"
+  elif [ "$venv" != none ] && [ -x "$venv/bin/python" ]; then echo "$venv/bin/python"
+  else echo python3; fi
+}
+
+# The checkpoint a run of config $1 left: <log_dir>/best.pkl (the quick start's fixed
+# folder), else the newest <log_dir>/<timestamp>/best.pkl.
+dformer_default_checkpoint() {
+  local run_dir newest
+  run_dir="checkpoints/$("$PY" -c "from local_configs import load_config; c = load_config('$1'); print(c.dataset_name + '_' + c.backbone)")"
+  if [ -f "$run_dir/best.pkl" ]; then echo "$run_dir/best.pkl"; return; fi
+  newest=$(ls -t "$run_dir"/*/best.pkl 2>/dev/null | head -n 1 || true)
+  echo "${newest:-$run_dir/best.pkl}"
+}
+
+# Fail with a hint when the checkpoint $1 is missing ($2: script name, $3: config).
+dformer_require_checkpoint() {
+  if [ ! -f "$1" ]; then
+    echo "[$2] checkpoint not found: $1" >&2
+    echo "[$2] train one first (bash train.sh, or python utils/train.py --config $3) or set CHECKPOINT=path" >&2
+    exit 1
+  fi
+}
+
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=$(dformer_python)
