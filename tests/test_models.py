@@ -140,3 +140,36 @@ def test_config_values_match_reference(name):
             assert list(ours) == pytest.approx(ref), key
         else:
             assert ours == ref, key
+
+
+def test_official_pth_tar_name_loads(tmp_path):
+    """Official ImageNet backbones are `.pth.tar` files, which Jittor's loader does not route."""
+    src = os.path.join(parity_root(), "NYUDepthv2", "DFormer_Tiny", "pretrained_backbone.pth")
+    if not os.path.isfile(src):
+        pytest.skip("DFormer_Tiny fixture checkpoint not available")
+    import shutil
+    dst = tmp_path / "DFormer_Tiny.pth.tar"
+    shutil.copyfile(src, dst)
+    cfg = load_config("local_configs.NYUDepthv2.DFormer_Tiny")
+    cfg.pretrained_model = str(dst)
+    model = EncoderDecoder(cfg)
+    assert model.pretrained_report.ok and len(model.pretrained_report.loaded) == 670
+
+
+def test_wrapped_and_prefixed_checkpoints_load(tmp_path):
+    """`state_dict` entries with DDP `module.` prefixes, and known extra keys, are handled."""
+    from utils.checkpoint import atomic_save, model_state_numpy
+    cfg = load_config("local_configs.NYUDepthv2.DFormer_Tiny")
+    source = EncoderDecoder(cfg, load_pretrained=False)
+    state = {"module." + k: v for k, v in model_state_numpy(source).items()}
+    state["module.backbone.norm0.weight"] = np.ones(32, np.float32)  # as in released v1 files
+    path = str(tmp_path / "ddp.pkl")
+    atomic_save({"state_dict": state, "epoch": 3}, path)
+    model = build_model(cfg, checkpoint=path)
+    assert model.load_report.harmless == ["backbone.norm0.weight"]
+    key = "decode_head.conv_seg.weight"
+    np.testing.assert_array_equal(model.state_dict()[key].numpy(), state["module." + key])
+    del state["module." + key]
+    atomic_save({"state_dict": state}, path)
+    with pytest.raises(CheckpointError, match="missing: decode_head.conv_seg.weight"):
+        build_model(cfg, checkpoint=path)

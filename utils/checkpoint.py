@@ -95,15 +95,21 @@ def _is_state_dict(obj):
         isinstance(v, np.ndarray) or np.isscalar(v) for v in obj.values())
 
 
-def segmentor_state_dict(obj, source="checkpoint"):
-    """The segmentor state dict inside a trained checkpoint (``model`` > ``state_dict`` > bare)."""
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+def _unwrap(obj, entries, source):
+    """The first of ``entries`` present in ``obj`` (else ``obj`` itself), checked to be a state dict."""
+    for key in entries:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not _is_state_dict(obj):
-        raise CheckpointError(f"{source}: no state dict found (expected a 'model' or "
-                              "'state_dict' entry, or a bare state dict).")
+        raise CheckpointError(f"{source}: no state dict found (expected one of the entries "
+                              f"{', '.join(map(repr, entries))}, or a bare state dict).")
+    return obj
+
+
+def segmentor_state_dict(obj, source="checkpoint"):
+    """The segmentor state dict inside a trained checkpoint (``model`` > ``state_dict`` > bare)."""
+    obj = _unwrap(obj, ("model", "state_dict"), source)
     keys = list(obj)
     if keys and all(k.startswith("module.") for k in keys):
         obj = OrderedDict((k[len("module."):], v) for k, v in obj.items())
@@ -112,13 +118,7 @@ def segmentor_state_dict(obj, source="checkpoint"):
 
 def backbone_state_dict(obj, source="checkpoint"):
     """The backbone state dict inside an ImageNet-pretrained (or trained) checkpoint."""
-    for key in ("state_dict_ema", "state_dict", "model"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    if not _is_state_dict(obj):
-        raise CheckpointError(f"{source}: no backbone state dict found (expected "
-                              "'state_dict_ema', 'state_dict' or 'model').")
+    obj = _unwrap(obj, ("state_dict_ema", "state_dict", "model"), source)
     out = OrderedDict()
     for k, v in obj.items():
         k = k[len("module."):] if k.startswith("module.") else k
