@@ -126,7 +126,9 @@ def _first_var(values):
 class Rule:
     """How one module class is counted.
 
-    fn(module, args, output) -> (paper_ops, {op: flops}).
+    fn(module, args, output) -> (paper_ops, {op: flops}) or (paper_ops, {op: flops},
+    children): ``children`` are submodules the reference calls as modules but ours uses
+    functionally (their parameters then enter thop's parameter count).
     scope: "leaf" (the rule accounts for everything computed inside, children
     included) or "composite" (the rule accounts for the functional products inside;
     child modules are still counted by their own rules).
@@ -207,8 +209,11 @@ def _dformer_attention(m, args, out):
     cells = m.window * m.window
     pooled = b * (c + c // 2) * cells                    # AdaptiveAvgPool2d output numel
     paper = int(((h / m.window) * (w / m.window) + 1) * pooled)
+    # The reference calls its ``kv`` Linear on every token; ours multiplies by the two
+    # halves of kv's weight directly (see Attention.pooled_attention).
+    kv = b * h * w * c * c
     # (cells x C/2/heads) @ (C/2/heads x N) and (cells x N) @ (N x C/2/heads) per head
-    return paper, {"matmul": 2 * 2 * b * cells * h * w * (c // 2)}
+    return paper + kv, {"matmul": 2 * 2 * b * cells * h * w * (c // 2), "linear": 2 * kv}, [m.kv]
 
 
 def _wrapped_conv(m, args, out):
@@ -217,16 +222,24 @@ def _wrapped_conv(m, args, out):
     return macs, {"convolution": 2 * macs}
 
 
+def _gsa_qk_macs(b, h, w, c):
+    """The reference's q_proj and k_proj Linears; ours runs both as one product with
+    the concatenated weights (see dformerv2._GSA._project)."""
+    return 2 * b * h * w * c * c
+
+
 def _decomposed_gsa(m, args, out):
     """Reference ``Decomposed_GSA``: q k^T and attn v along rows (L = w), then columns (L = h)."""
     b, h, w, c = _shape(args[0])
-    return 0, {"matmul": 2 * 2 * b * h * w * (h + w) * c}
+    qk = _gsa_qk_macs(b, h, w, c)
+    return qk, {"matmul": 2 * 2 * b * h * w * (h + w) * c, "linear": 2 * qk}, [m.q_proj, m.k_proj]
 
 
 def _full_gsa(m, args, out):
     """Reference ``Full_GSA``: q k^T and attn v over all N = h w tokens."""
     b, h, w, c = _shape(args[0])
-    return 0, {"matmul": 2 * 2 * b * (h * w) ** 2 * c}
+    qk = _gsa_qk_macs(b, h, w, c)
+    return qk, {"matmul": 2 * 2 * b * (h * w) ** 2 * c, "linear": 2 * qk}, [m.q_proj, m.k_proj]
 
 
 def _nmf2d(m, args, out):
@@ -397,10 +410,12 @@ class FlopCounter:
         return name.split(".")[0] if name else "(root)"
 
     def _module_counted(self, module, name, rule, args, out):
-        paper, flops = rule.fn(module, args, out)
+        paper, flops, *used = rule.fn(module, args, out)
         self.report.add(self._where(name or None), paper, flops)
         if rule.paper_params:
             self._called[id(module)] = module
+        for child in (used[0] if used else ()):  # children the reference calls as modules
+            self._called[id(child)] = child
 
     def _product(self, calc, args, kw, out):
         if self._leaf:

@@ -101,20 +101,22 @@ def _pool_interp_matrices(h, w, window):
     return pool.astype(np.float32), up.astype(np.float32)
 
 
-def _linear_with_ones(x, linear):
-    """``linear(x)`` with the bias folded into the product.
+class FoldedBiasLinear(nn.Linear):
+    """``nn.Linear`` with the bias folded into the product.
 
     ``x`` gets a trailing column of ones and the weight the bias as an extra
     column, so the (wide) output is written once instead of being re-read and
     re-written by a separate bias addition; padding the narrow input is cheaper.
     Used where the output feeds an opaque op (a convolution) that cannot absorb
-    the addition.
+    the addition. Same parameters (and names) as ``nn.Linear``.
     """
-    c = x.shape[-1]
-    ones = x.reindex(list(x.shape[:-1]) + [c + 1], [f"i{d}" for d in range(x.ndim)],
-                     overflow_value=1.0)
-    weight = jt.concat([linear.weight, linear.bias.unsqueeze(1)], 1)
-    return nn.matmul_transpose(ones, weight)
+
+    def execute(self, x):
+        c = x.shape[-1]
+        ones = x.reindex(list(x.shape[:-1]) + [c + 1], [f"i{d}" for d in range(x.ndim)],
+                         overflow_value=1.0)
+        weight = jt.concat([self.weight, self.bias.unsqueeze(1)], 1)
+        return nn.matmul_transpose(ones, weight)
 
 
 def _item(x, i):
@@ -193,13 +195,13 @@ class MLP(nn.Module):
     def __init__(self, dim, mlp_ratio=4):
         hidden = dim * mlp_ratio
         self.norm = ChannelsLastLayerNorm(dim)
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = FoldedBiasLinear(dim, hidden)
         self.pos = DepthwiseConv2d(hidden, 3)
         self.fc2 = nn.Linear(hidden, dim)
         self.act = GELU()
 
     def execute(self, x):
-        x = _linear_with_ones(self.norm(x), self.fc1)
+        x = self.fc1(self.norm(x))
         x = self.act(self.pos(x, residual=True))
         return self.fc2(x)
 

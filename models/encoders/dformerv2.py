@@ -487,11 +487,18 @@ class _LayerNormCPU(_Retraced):
         return (x - mean) / jt.sqrt(var + self.norm.eps) * weight + bias
 
 
-def layer_norm(norm, x):
-    """Apply the LayerNorm module ``norm`` (over the last axis), with the C++ kernel on CPU."""
-    if _fused(x):
-        return _LayerNormCPU(norm)(x, norm.weight, norm.bias)
-    return norm(x)
+class KernelLayerNorm(LayerNorm):
+    """``LayerNorm`` over the last axis that runs the C++ kernel on the CPU.
+
+    Still an ``nn.LayerNorm`` module that is called, so parameter groups, state
+    dicts and FLOP counting treat it like the reference's ``nn.LayerNorm``
+    whichever code path runs.
+    """
+
+    def execute(self, x):
+        if _fused(x):
+            return _LayerNormCPU(self)(x, self.weight, self.bias)
+        return super().execute(x)
 
 
 def geo_attention(qk, v, geo, decay, weight, q_bias, k_bias, scaling, mode):
@@ -729,8 +736,8 @@ class RGBDBlock(nn.Module):
         if layerscale:
             self.gamma_1 = jt.full((1, 1, 1, embed_dim), layer_init_values, dtype="float32")
             self.gamma_2 = jt.full((1, 1, 1, embed_dim), layer_init_values, dtype="float32")
-        self.layer_norm1 = LayerNorm(embed_dim, eps=1e-6)
-        self.layer_norm2 = LayerNorm(embed_dim, eps=1e-6)
+        self.layer_norm1 = KernelLayerNorm(embed_dim, eps=1e-6)
+        self.layer_norm2 = KernelLayerNorm(embed_dim, eps=1e-6)
         attention = DecomposedGSA if decomposed else FullGSA
         self.Attention = attention(embed_dim, num_heads)
         self.drop_path = DropPath(drop_path)
@@ -740,11 +747,11 @@ class RGBDBlock(nn.Module):
 
     def execute(self, x, geo):
         x = self.cnn_pos_encode(x, residual=True)
-        y = self.Attention(layer_norm(self.layer_norm1, x), geo, self.Geo)
+        y = self.Attention(self.layer_norm1(x), geo, self.Geo)
         if self.layerscale:
             y = self.gamma_1 * y
         x = x + self.drop_path(y)
-        y = self.ffn(layer_norm(self.layer_norm2, x))
+        y = self.ffn(self.layer_norm2(x))
         if self.layerscale:
             y = self.gamma_2 * y
         return x + self.drop_path(y)
@@ -815,7 +822,7 @@ class DFormerv2(nn.Module):
                 layerscale=layerscales[i],
                 layer_init_values=layer_init_values,
                 sync_bn=sync_bn))
-        self.extra_norms = nn.ModuleList([LayerNorm(c) for c in embed_dims[1:]])
+        self.extra_norms = nn.ModuleList([KernelLayerNorm(c) for c in embed_dims[1:]])
         self.init_weights()
 
     def init_weights(self):
@@ -841,7 +848,7 @@ class DFormerv2(nn.Module):
         for i, layer in enumerate(self.layers):
             out, x = layer(x, depth)
             if i > 0:
-                out = layer_norm(self.extra_norms[i - 1], out)
+                out = self.extra_norms[i - 1](out)
             outs.append(out.permute(0, 3, 1, 2))
         return outs
 
