@@ -10,7 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 log() { echo "[install] $*"; }
 
-if ! ldconfig -p 2>/dev/null | grep -q libdnnl.so; then
+if ! ldconfig -p 2>/dev/null | grep libdnnl.so >/dev/null; then  # no -q: it would SIGPIPE ldconfig under pipefail
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     log "installing oneDNN (libdnnl-dev) with apt-get"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libdnnl-dev >/dev/null) \

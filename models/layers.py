@@ -6,9 +6,11 @@ bilinear rule, PyTorch adaptive-pool bins, BatchNorm with an unbiased running
 variance and a ``num_batches_tracked`` counter so state dicts keep the official
 key names.
 
-Resizing and pooling are written as products with small interpolation / pooling
-matrices: the products run in oneDNN (CPU) or cuBLAS (CUDA) instead of Jittor's
-generic gather kernels, and the result is exact up to float32 rounding.
+Nothing here uses Jittor's generic gather kernels: adaptive pooling is a product
+with a small pooling matrix, bilinear resizing a two-tap OpenMP C++ kernel on the
+CPU (products with interpolation matrices on CUDA), GELU an OpenMP kernel with a
+vectorisable erf. ``use_fused_cpu_kernels(False)`` switches every C++ kernel of
+the model zoo off (plain Jittor operators, as on CUDA).
 """
 import functools
 

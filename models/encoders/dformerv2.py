@@ -24,7 +24,7 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from ..layers import (BatchNorm2d, DropPath, GELU, LayerNorm, fused_cpu, resize,
+from ..layers import (CPU_MATH_HEADER, BatchNorm2d, DropPath, GELU, LayerNorm, fused_cpu, resize,
                       use_fused_cpu_kernels)
 
 __all__ = ["DFormerv2", "dformerv2_s", "dformerv2_b", "dformerv2_l",
@@ -81,12 +81,8 @@ def geo_decay(num_heads, initial_value, heads_range):
 _fused = fused_cpu
 
 
-_HEADER = r"""
+_HEADER = CPU_MATH_HEADER + r"""
 #include <vector>
-#include <cmath>
-#include <cstring>
-#include <cstdint>
-#include <algorithm>
 // 16-float vectors (GCC/Clang vector extensions; the compiler maps them to
 // AVX-512, AVX2 or NEON registers). The second type allows unaligned access.
 typedef float dfv_vec __attribute__((vector_size(64)));
@@ -102,30 +98,6 @@ typedef int dfv_ivec __attribute__((vector_size(64)));
 #define DFV_SWAP_PAIRS(v) \
     __builtin_shuffle(v, (dfv_ivec){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14})
 #endif
-// Softmax weight exp(x) for x <= 0 in branch-free float arithmetic so the
-// loops vectorise (the libm call does not): Cody-Waite reduction by ln 2 (kept
-// exact with fma under -Ofast), degree-6 polynomial, 2^n via the exponent
-// bits; relative error about 1e-7. Below -60 it returns 0: such weights
-// (< 1e-26 next to the row maximum's 1) cannot change a float32 result, and
-// flushing them keeps denormals, which are very slow on x86, out of the sums.
-static inline float dformerv2_exp(float x) {
-    const bool negligible = x < -60.0f;
-    x = std::max(x, -60.0f);
-    const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-    float r = std::fma(n, -0.693359375f, x);
-    r = std::fma(n, 2.12194440e-4f, r);
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof(scale));
-    return negligible ? 0.0f : p * scale;
-}
 """
 
 # Depthwise KxK 'same' convolution of a channels-last map.
@@ -322,7 +294,7 @@ const int LP = (L + 15) / 16 * 16;
                 }
                 float sum = 0.f;
                 for (int j = 0; j < L; j++) {
-                    const float ex = dformerv2_exp(sr[j] - m);
+                    const float ex = lyr_exp_neg(sr[j] - m);
                     sr[j] = ex;
                     sum += ex;
                 }
