@@ -32,8 +32,7 @@ __all__ = ["InputError", "MST_SCALES", "check_sizes", "inference_model", "init_m
            "override_config", "preprocess", "read_depth", "read_label", "read_rgb"]
 
 
-class InputError(ValueError):
-    """An input image that cannot be used; the message names the file."""
+from utils.errors import InputError  # noqa: E402  (re-exported)
 
 
 # ----------------------------------------------------------------------------- model

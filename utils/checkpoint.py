@@ -30,8 +30,7 @@ KNOWN_EXTRA_KEYS = re.compile(r"^(backbone\.)?norm[0-3]\.(weight|bias)$")
 PYTORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar", ".bin")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the model."""
+from utils.errors import CheckpointError  # noqa: E402  (re-exported)
 
 
 def _to_numpy(value):

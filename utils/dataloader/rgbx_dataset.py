@@ -56,8 +56,7 @@ _TAG_ORDER, _TAG_TAIL, _TAG_SAMPLE = 1, 2, 3
 _MAX_INDEX = 2 ** 31 - 1  # Jittor's MPI sharding handles indices as int32
 
 
-class DataError(ValueError):
-    """Bad or missing data; the message names the offending file."""
+from utils.errors import DataError  # noqa: E402  (re-exported)
 
 
 # ----------------------------------------------------------------------------- split files

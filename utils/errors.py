@@ -1,0 +1,74 @@
+"""Typed errors for problems a user can fix, and the one way entry points report them.
+
+Every known problem (missing or unknown config, bad option, missing/corrupt/mismatched
+checkpoint, bad data or input image) raises a subclass of :class:`UserError` whose
+message is one line naming the file or key and what to do. Entry points run their
+``main`` through :func:`run_cli`, which prints that line as ``error: ...`` and exits
+with status 2, without a traceback (``--debug`` or ``DFORMER_DEBUG=1`` shows it).
+Unexpected exceptions keep their traceback. Under MPI only rank 0 prints.
+
+This module imports neither Jittor nor numpy, so it is safe anywhere.
+"""
+import os
+import sys
+
+__all__ = ["UserError", "ConfigError", "CheckpointError", "DataError", "InputError",
+           "debug_enabled", "mpi_rank", "run_cli"]
+
+
+class UserError(Exception):
+    """A problem the user can fix; ``str(exc)`` is the complete one-line message."""
+
+
+class ConfigError(UserError, ValueError):
+    """Unknown config, unknown or malformed config key / option value."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """Missing, unreadable or non-fitting checkpoint."""
+
+
+class DataError(UserError, ValueError):
+    """Bad or missing data; the message names the offending file."""
+
+
+class InputError(UserError, ValueError):
+    """An input image (inference) that cannot be used; the message names the file."""
+
+
+def debug_enabled(argv=None):
+    """True when ``--debug`` is among the arguments or ``DFORMER_DEBUG`` is set (not 0)."""
+    argv = sys.argv[1:] if argv is None else argv
+    return "--debug" in argv or os.environ.get("DFORMER_DEBUG", "0") not in ("", "0")
+
+
+def mpi_rank():
+    """This process's MPI rank from the launcher's environment (0 outside MPI)."""
+    for key in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def run_cli(main, argv=None):
+    """Run ``main(argv)`` and exit with its status; a UserError becomes one ``error:`` line.
+
+    ``--debug`` is removed from ``argv`` before ``main`` sees it.
+    """
+    raw = sys.argv[1:] if argv is None else list(argv)
+    debug = debug_enabled(raw)
+    args = [a for a in raw if a != "--debug"]
+    try:
+        status = main(args)
+    except UserError as exc:
+        if debug:
+            raise
+        if mpi_rank() == 0:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
+    sys.exit(status if isinstance(status, int) else 0)
