@@ -7,7 +7,7 @@ from jittor import nn
 
 from .encoders import build_backbone
 from .decoders import build_decode_head
-from .layers import resize
+from .ops import resize
 from .losses import CrossEntropyLoss
 
 

@@ -125,12 +125,11 @@ def measure_train(config, shape=(240, 320), batch=2, warmup=1, iters=5):
     """
     from local_configs import load_config
     from models.builder import EncoderDecoder
+    from models.ops import flush_to_zero
     from utils.engine.optim import build_optimizer, group_parameters
 
-    from utils.engine.trainer import enable_flush_to_zero
-
     device = runtime.init_device()
-    enable_flush_to_zero()          # as the trainer does at start-up
+    flush_to_zero()                 # as the trainer does at start-up
     cfg = load_config(config)
     model = EncoderDecoder(cfg, load_pretrained=False)
     model.train()

@@ -193,9 +193,10 @@ def write_run_info(work_dir, cfg, args, logger):
 def setup_run(args, cfg=None):
     """Device, MPI check, config, work dir and logger; returns a namespace of them."""
     from utils.engine.logger import get_logger
-    from utils.engine.trainer import enable_flush_to_zero, is_main_process
+    from models.ops import flush_to_zero
+    from utils.engine.trainer import is_main_process
     device = runtime.init_device()
-    ftz = enable_flush_to_zero() if device == "cpu" else True
+    ftz = flush_to_zero() if device == "cpu" else True
     n = check_world(args)
     cfg = prepare_config(args, cfg)
     work_dir = resolve_work_dir(args, cfg)

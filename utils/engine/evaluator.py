@@ -44,7 +44,7 @@ from utils import runtime  # noqa: F401  (must precede the jittor import)
 import jittor as jt
 from jittor import nn
 
-from models.layers import resize
+from models.ops import resize
 from utils.metrics import ConfusionMatrix, compute_metrics
 
 MST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # the reference's hard-coded --mst scales
