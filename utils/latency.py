@@ -26,13 +26,13 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 
-if __package__ in (None, ""):   # run as a script: import from the repository root, not utils/
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __package__ in (None, ""):  # run as a script
+    import repo_root  # noqa: F401  (the repository root onto sys.path)
 
-from utils import runtime  # noqa: E402  (must precede jittor)
+from utils import runtime  # noqa: E402
+runtime.setup()  # before jittor is imported
 
 import numpy as np  # noqa: E402
 import jittor as jt  # noqa: E402

@@ -22,10 +22,11 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a script
+    import repo_root  # noqa: F401  (the repository root onto sys.path)
 
-from utils import runtime  # noqa: E402  (must precede the jittor import)
+from utils import runtime  # noqa: E402
+runtime.setup()  # before jittor is imported
 import jittor as jt  # noqa: E402
 
 from local_configs import load_config  # noqa: E402

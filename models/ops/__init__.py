@@ -11,7 +11,7 @@ turns every fused path off, oneDNN's channels-last depthwise convolution include
 from ._common import ENV_VAR, fused_kernels, fused_kernels_enabled
 from .activation import gelu
 from .denormals import flush_to_zero
-from .depthwise_conv import depthwise_conv
+from .depthwise import depthwise_conv
 from .geometry_attention import COLS, FULL, ROWS, StageGeometry, geo_attention
 from .interpolate import interp_matrix, resize, separable
 from .normalization import layer_norm
