@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from easydict import EasyDict
 
-from utils import runtime  # noqa: F401  (before jittor)
 import jittor as jt
 from jittor import nn
 
@@ -54,7 +53,7 @@ def tiny_cfg(root, backbone="DFormer_Tiny", size=64, ntrain=4, nval=2, batch=2, 
 RUNNER = '''"""Runs utils/train.py's main() on the tiny test config (see tests/test_train.py)."""
 import json, sys
 sys.path[:0] = [{repo!r}, {here!r}]
-from utils import runtime
+from utils import runtime; runtime.setup()
 import numpy as np
 import jittor as jt
 from jittor import nn
@@ -460,7 +459,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 KILL_DURING_SAVE = '''import os, sys, time
 sys.path.insert(0, {repo!r})
-from utils import runtime
+from utils import runtime; runtime.setup()
 import numpy as np
 import jittor as jt
 from utils.checkpoint import atomic_save

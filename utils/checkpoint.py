@@ -20,7 +20,6 @@ from collections import OrderedDict
 
 import numpy as np
 
-from utils import runtime  # noqa: F401  (jittor set-up)
 import jittor as jt
 
 # Keys present in the released DFormer (v1) checkpoints that the model does not build

@@ -33,8 +33,10 @@ from local_configs import load_config  # noqa: E402
 
 
 def str2bool_flag(parser, name, default, help_text):
-    parser.add_argument(f"--{name}", default=default, action=argparse.BooleanOptionalAction,
-                        help=help_text)
+    """``--name`` / ``--no-name``; a dashed name also accepts its underscore spelling."""
+    spellings = [f"--{name}"] + ([f"--{name.replace('-', '_')}"] if "-" in name else [])
+    parser.add_argument(*spellings, dest=name.replace("-", "_"), default=default,
+                        action=argparse.BooleanOptionalAction, help=help_text)
 
 
 def build_parser():
@@ -57,7 +59,7 @@ def build_parser():
     str2bool_flag(p, "mst", True, "validate with 5 scales + flip (the reference's default)")
     str2bool_flag(p, "amp", None, "mixed precision training on CUDA (default off, as the "
                   "official train.sh); ignored on CPU")
-    str2bool_flag(p, "val_amp", None, "mixed precision validation on CUDA (default on, as the "
+    str2bool_flag(p, "val-amp", None, "mixed precision validation on CUDA (default on, as the "
                   "official train.sh); ignored on CPU")
     str2bool_flag(p, "sliding", False, "sliding-window validation")
     str2bool_flag(p, "syncbn", True, "synchronise BatchNorm statistics across MPI processes")
@@ -143,7 +145,7 @@ def resolve_amp(args, device, logger):
     amp = bool(args.amp) if args.amp is not None else False
     val_amp = bool(args.val_amp) if args.val_amp is not None else device == "cuda"
     if device != "cuda" and (amp or val_amp):
-        logger.info("Mixed precision (--amp/--val_amp) is CUDA-only: ignored on CPU.")
+        logger.info("Mixed precision (--amp/--val-amp) is CUDA-only: ignored on CPU.")
         amp = val_amp = False
     if amp:
         logger.warning("--amp: Jittor's automatic mixed precision has no gradient scaler; "

@@ -46,7 +46,6 @@ import os.path as osp
 import cv2
 import numpy as np
 
-from utils import runtime  # noqa: F401  (must precede the jittor import)
 from jittor.dataset import Dataset
 from jittor.dataset.sampler import Sampler
 

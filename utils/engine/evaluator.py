@@ -40,7 +40,6 @@ import math
 import numpy as np
 from tqdm import tqdm
 
-from utils import runtime  # noqa: F401  (must precede the jittor import)
 import jittor as jt
 from jittor import nn
 

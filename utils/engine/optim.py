@@ -40,7 +40,6 @@ lr a pure function of the iteration (nothing extra to restore on resume).
 """
 import numpy as np
 
-from utils import runtime  # noqa: F401  (must precede the jittor import)
 import jittor as jt
 from jittor import nn
 
