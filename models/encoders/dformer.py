@@ -16,6 +16,7 @@ Parameter names and state-dict order equal the official checkpoints.
 """
 import functools
 import math
+from collections import OrderedDict
 
 import numpy as np
 import jittor as jt
@@ -29,6 +30,18 @@ __all__ = ["DFormer", "dformer_tiny", "dformer_small", "dformer_base", "dformer_
 
 # ---------------------------------------------------------------------------
 # helpers
+
+
+def checkpoint_filter_fn(state_dict, prefix=""):
+    """Drop what released DFormer checkpoints hold beyond the model: four output norms
+    (``norm0..3``) whose construction the reference comments out.
+
+    ``prefix`` is the backbone's key prefix in ``state_dict``. Returns the filtered
+    state dict and the dropped keys.
+    """
+    extras = {f"{prefix}norm{i}.{name}" for i in range(4) for name in ("weight", "bias")}
+    kept = OrderedDict((k, v) for k, v in state_dict.items() if k not in extras)
+    return kept, [k for k in state_dict if k in extras]
 
 
 @functools.lru_cache(maxsize=64)
@@ -287,6 +300,8 @@ def _downsample(in_channels, out_channels, sync_bn):
 
 class DFormer(nn.Module):
     """DFormer backbone: ``execute(rgb, depth)`` -> list of 4 NCHW RGB feature maps."""
+
+    checkpoint_filter = staticmethod(checkpoint_filter_fn)
 
     def __init__(self, dims=(32, 64, 128, 256), depths=(2, 2, 8, 2), num_heads=(1, 2, 4, 8),
                  mlp_ratios=(8, 8, 4, 4), windows=(0, 7, 7, 7), drop_path_rate=0.1, sync_bn=True):

@@ -304,7 +304,6 @@ class DFormerv2(nn.Module):
                 layer_init_values=layer_init_values,
                 sync_bn=sync_bn))
         self.extra_norms = nn.ModuleList([LayerNorm(c) for c in embed_dims[1:]])
-        self.init_weights()
 
     def init_weights(self):
         """From-scratch init: Linear trunc-normal(0.02) / zero bias, LayerNorm 1 / 0.
