@@ -53,7 +53,7 @@ class EncoderDecoder(nn.Module):
             self.pretrained_report = load_pretrained_backbone(self.backbone, pretrained)
 
     def checkpoint_filter(self, state_dict):
-        """The backbone's checkpoint filter applied to its ``backbone.`` keys (see utils.checkpoint)."""
+        """The backbone's checkpoint filter on its ``backbone.`` keys (see utils.checkpoint)."""
         if not hasattr(self.backbone, "checkpoint_filter"):
             return state_dict, []
         return self.backbone.checkpoint_filter(state_dict, prefix="backbone.")

@@ -111,7 +111,8 @@ def test_depthwise_conv(shape, k, residual):
                         lambda t: depthwise.can_use(t[0], t[1]))
 
 
-@pytest.mark.parametrize("shape, eps", [((2, 5, 7, 24), 1e-6), ((3, 19), 1e-5), ((1, 3, 4, 130), 1e-6)])
+@pytest.mark.parametrize("shape, eps", [((2, 5, 7, 24), 1e-6), ((3, 19), 1e-5),
+                                        ((1, 3, 4, 130), 1e-6)])
 def test_layer_norm(shape, eps):
     rng = np.random.RandomState(3)
     c = shape[-1]

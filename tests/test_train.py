@@ -225,7 +225,7 @@ def toy_trainer(work_dir, max_iters=None, **cfg_kw):
 
 # ============================================================================ param groups
 
-# reference-facts 3.3: (decay, no decay, excluded tensors, excluded scalars)
+# Groups the reference optimiser builds: (decay, no decay, excluded tensors, excluded scalars)
 REFERENCE_GROUPS = {
     "NYUDepthv2.DFormer_Tiny": (239, 262, 152, 12448),
     "NYUDepthv2.DFormerv2_S": (273, 412, 29, 58),

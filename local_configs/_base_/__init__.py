@@ -1,4 +1,4 @@
-"""Defaults shared by every config (reference-facts section 1.3)."""
+"""Defaults shared by every config, with the values the reference's configs set."""
 import os.path as osp
 
 from easydict import EasyDict

@@ -12,7 +12,8 @@ import jittor as jt
 
 ENV_VAR = "DFORMER_FUSED_KERNELS"
 
-_state = {"enabled": os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "false", "no", "off")}
+_OFF = ("0", "false", "no", "off")
+_state = {"enabled": os.environ.get(ENV_VAR, "1").strip().lower() not in _OFF}
 
 
 class fused_kernels:

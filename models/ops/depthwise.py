@@ -139,8 +139,8 @@ def can_use(x, weight):
 
 
 def depthwise_conv(x, weight, bias, residual=False):
-    """``dwconv(x) + bias`` of x (B, H, W, C) with weight (C, 1, k, k); ``x + dwconv(x) + bias``
-    when ``residual``."""
+    """``dwconv(x) + bias`` of x (B, H, W, C) with weight (C, 1, k, k);
+    ``x + dwconv(x) + bias`` when ``residual``."""
     if can_use(x, weight):
         return _FusedDepthwiseConv(residual, _kernel_applies(x, weight))(x, weight, bias)
     return depthwise_conv_plain(x, weight, bias, residual)

@@ -1,6 +1,6 @@
 """The evaluation loop, shared by utils/eval.py, utils/api.py and training's validation.
 
-Prediction modes (reference-facts 5.2-5.4):
+Prediction modes (those of the reference's evaluator):
 
 * **single scale** (``scales == (1.0,)``): the model runs on the native-size input.
 * **multi-scale** (any other ``scales``): for each scale s the *normalised* inputs are

@@ -76,7 +76,7 @@ def seed_iteration(seed, t):
 
 
 def reference_val_due(epoch, cfg):
-    """The reference's validation schedule (reference-facts 4.4)."""
+    """The reference's validation schedule: epoch 1, every 10th, all after ``checkpoint_start_epoch``."""
     return epoch > int(cfg.checkpoint_start_epoch) or epoch == 1 or epoch % 10 == 0
 
 
