@@ -2,7 +2,6 @@
 import os
 
 import numpy as np
-import jittor as jt
 from jittor import nn
 
 from .encoders import build_backbone

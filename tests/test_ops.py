@@ -76,6 +76,15 @@ def test_environment_variable_sets_the_default():
     assert out.stdout.strip() == "False", out.stderr
 
 
+def test_importing_models_touches_no_cache(tmp_path):
+    """Set-up is explicit (utils.runtime.setup); importing the package changes nothing."""
+    env = dict(os.environ, PYTHONPATH=REPO, HOME=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", "import models, utils.runtime"], env=env,
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / ".cache").exists()
+
+
 # --------------------------------------------------------------------------- ops
 
 @pytest.mark.parametrize("shape, with_bias", [((2, 5, 7, 24), True), ((3, 17), False),

@@ -16,9 +16,9 @@ Inside the stages tensors are channels-last ``(B, H, W, C)``; outputs are NCHW.
 Module and parameter names follow the official checkpoints.
 
 Everything that depends only on the token grid and the depth map at a stage's
-resolution (rotary tables, distance terms, resized depth) is computed once per
-stage and shared by its blocks; each block only mixes them with its own
-``Geo.weight`` and ``Geo.decay``.
+resolution (rotary tables, distance terms, resized depth:
+:class:`models.ops.StageGeometry`) is computed once per stage and shared by its
+blocks; each block only mixes them with its own ``Geo.weight`` and ``Geo.decay``.
 """
 import numpy as np
 import jittor as jt
