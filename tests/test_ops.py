@@ -53,19 +53,18 @@ def _assert_paths_agree(fn, arrays, fused_applies, rtol=1e-4):
 # --------------------------------------------------------------------------- switch
 
 def test_switch_is_a_context_manager_and_restores_the_setting():
-    assert ops.fused_kernels_enabled()
-    with ops.fused_kernels(False):
+    initial = ops.fused_kernels_enabled()
+    with ops.fused_kernels(True):
+        with ops.fused_kernels(False):
+            assert not ops.fused_kernels_enabled()
+            assert not activation.can_use(jt.ones((2, 3)))
+            with ops.fused_kernels(True):
+                assert ops.fused_kernels_enabled()
+            assert not ops.fused_kernels_enabled()
+        assert ops.fused_kernels_enabled() and activation.can_use(jt.ones((2, 3)))
+        ops.fused_kernels(False)                # a plain call switches at once
         assert not ops.fused_kernels_enabled()
-        with ops.fused_kernels(True):
-            assert ops.fused_kernels_enabled()
-        assert not ops.fused_kernels_enabled()
-    assert ops.fused_kernels_enabled()
-    ops.fused_kernels(False)
-    try:
-        assert not activation.can_use(jt.ones((2, 3)))
-    finally:
-        ops.fused_kernels(True)
-    assert activation.can_use(jt.ones((2, 3)))
+    assert ops.fused_kernels_enabled() == initial
 
 
 def test_environment_variable_sets_the_default():
@@ -153,7 +152,8 @@ def test_flush_to_zero_follows_the_switch():
     with ops.fused_kernels(False):
         assert not denormals.can_use()
         assert ops.flush_to_zero() is False
-    assert denormals.can_use()
+    with ops.fused_kernels(True):
+        assert denormals.can_use()
 
 
 # --------------------------------------------------------------------------- models
