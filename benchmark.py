@@ -15,12 +15,9 @@ forward pass is traced on Jittor's lazy graph, so this runs in seconds on any CP
 """
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from utils import runtime  # noqa: E402,F401  (must precede jittor)
+from utils import runtime  # noqa: E402
+runtime.setup()  # before jittor is imported
 
 PAPER_SHAPE = (480, 640)   # the reference's utils/benchmark.py input, for every config
 

@@ -40,4 +40,4 @@ if [ "$VENV" = "none" ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]
 fi
 
 log "checking Jittor (the first run compiles its core: a few minutes)"
-"$PY" -c "from utils import runtime; import jittor; print('[install]', runtime.describe())"
+"$PY" -c "from utils import runtime; runtime.setup(); import jittor; print('[install]', runtime.describe())"

@@ -9,8 +9,8 @@
 #   CONFIG    config module      (default local_configs.SynthRGBD.DFormer_Tiny)
 #   GPUS      processes/GPUs     (default 1; >1 launches `mpirun -np GPUS`, global batch
 #                                 C.batch_size split across them)
-#   WORK_DIR  run folder         (default checkpoints/SynthRGBD_DFormer-Tiny for the default
-#                                 config, else <C.log_dir>/<timestamp> chosen by train.py)
+#   WORK_DIR  run folder         (default C.log_dir itself for the default config,
+#                                 else <C.log_dir>/<timestamp> chosen by train.py)
 #   PYTHON    interpreter        (default .venv/bin/python if present, else python3)
 #   MPIRUN    MPI launcher and its options (default mpirun)
 # Extra arguments go to utils/train.py (see `python utils/train.py --help`); later flags win,
@@ -27,7 +27,7 @@ ARGS=(--config "$CONFIG" --gpus "$GPUS")
 if [ "$CONFIG" = "$DEFAULT_CONFIG" ]; then
     # The quick start: a fixed run folder (so --resume finds it) and single-scale validation
     # (5 scales + flip would multiply the CPU validation time by ten).
-    ARGS+=(--work-dir "${WORK_DIR:-checkpoints/SynthRGBD_DFormer-Tiny}" --no-mst)
+    ARGS+=(--work-dir "${WORK_DIR:-$(dformer_log_dir "$CONFIG")}" --no-mst)
 elif [ -n "${WORK_DIR:-}" ]; then
     ARGS+=(--work-dir "$WORK_DIR")
 fi

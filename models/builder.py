@@ -2,12 +2,11 @@
 import os
 
 import numpy as np
-import jittor as jt
 from jittor import nn
 
 from .encoders import build_backbone
 from .decoders import build_decode_head
-from .layers import resize
+from .ops import resize
 from .losses import CrossEntropyLoss
 
 
@@ -30,7 +29,6 @@ class EncoderDecoder(nn.Module):
                                        sync_bn=sync_bn)
         self.decode_head, self.aux_head, self.aux_rate = build_decode_head(
             cfg, list(self.backbone.out_channels), sync_bn=sync_bn)
-        self.aux_index = 2
         self.criterion = CrossEntropyLoss(ignore_index=cfg.get("background", 255))
         self.init_weights(cfg.get("pretrained_model") if load_pretrained else None)
 
@@ -53,6 +51,12 @@ class EncoderDecoder(nn.Module):
                     "C.pretrained_model = None in the config to train from scratch.")
             self.pretrained_report = load_pretrained_backbone(self.backbone, pretrained)
 
+    def checkpoint_filter(self, state_dict):
+        """The backbone's checkpoint filter on its ``backbone.`` keys (see utils.checkpoint)."""
+        if not hasattr(self.backbone, "checkpoint_filter"):
+            return state_dict, []
+        return self.backbone.checkpoint_filter(state_dict, prefix="backbone.")
+
     def set_nmf_bases(self, bases):
         """Use fixed (un-normalised) NMF bases instead of a random draw per forward.
 
@@ -73,7 +77,7 @@ class EncoderDecoder(nn.Module):
         out = resize(self.decode_head(feats), rgb.shape[-2:])
         aux = None
         if self.aux_head is not None:
-            aux = resize(self.aux_head(feats[self.aux_index]), rgb.shape[-2:])
+            aux = resize(self.aux_head(feats), rgb.shape[-2:])     # picks its own stage
         return out, aux
 
     def execute(self, rgb, depth, label=None):

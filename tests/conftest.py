@@ -1,15 +1,13 @@
-"""Shared test set-up: repository on sys.path, Jittor runtime, parity fixture root."""
+"""Shared test set-up: Jittor runtime, parity fixture root (pytest.ini puts the repository on sys.path)."""
 import json
 import os
-import sys
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-from utils import runtime  # noqa: E402,F401  (before jittor)
+from utils import runtime  # noqa: E402
+runtime.setup()  # before jittor is imported
 
 
 def parity_root():

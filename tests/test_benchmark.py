@@ -18,7 +18,7 @@ import jittor as jt
 from jittor import nn
 from local_configs import list_configs, load_config
 from models.builder import EncoderDecoder
-from models.layers import resize
+from models.ops import fused_kernels, resize
 from utils.flops import count_flops, count_params
 
 OFFICIAL = [n for n in list_configs() if n.split(".")[1] in ("NYUDepthv2", "SUNRGBD")]
@@ -65,19 +65,12 @@ def test_counts_match_manifest(name):
 
 @pytest.mark.parametrize("name", ["local_configs.NYUDepthv2.DFormer_Tiny",
                                   "local_configs.NYUDepthv2.DFormerv2_S"])
-def test_counts_do_not_depend_on_kernels(name, monkeypatch):
+def test_counts_do_not_depend_on_kernels(name):
     """The portable (CUDA-style) code paths count the same as the CPU kernels."""
-    from models.encoders import dformer, dformerv2
     model = EncoderDecoder(load_config(name), load_pretrained=False)
     fast = count_flops(model, PAPER_SHAPE)
-    monkeypatch.setattr(dformer, "_mkl_ops", lambda: None)
-    if hasattr(dformerv2, "use_fused_cpu_kernels"):
-        dformerv2.use_fused_cpu_kernels(False)
-    try:
+    with fused_kernels(False):
         plain = count_flops(model, PAPER_SHAPE)
-    finally:
-        if hasattr(dformerv2, "use_fused_cpu_kernels"):
-            dformerv2.use_fused_cpu_kernels(True)
     assert (plain.paper_ops, dict(plain.by_op)) == (fast.paper_ops, dict(fast.by_op))
 
 

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from easydict import EasyDict
 
-from utils import runtime  # noqa: F401  (before jittor)
 import jittor as jt
 from jittor import nn
 
@@ -53,8 +52,7 @@ def tiny_cfg(root, backbone="DFormer_Tiny", size=64, ntrain=4, nval=2, batch=2, 
 
 RUNNER = '''"""Runs utils/train.py's main() on the tiny test config (see tests/test_train.py)."""
 import json, sys
-sys.path[:0] = [{repo!r}, {here!r}]
-from utils import runtime
+from utils import runtime; runtime.setup()
 import numpy as np
 import jittor as jt
 from jittor import nn
@@ -65,7 +63,7 @@ from utils.train import build_parser, build_trainer, main
 root, overrides, exact = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3] == "exact"
 args = sys.argv[4:]
 size_keys = ("ntrain", "epochs", "size")
-cfg = tiny_cfg(root, **{{k: overrides.pop(k) for k in size_keys if k in overrides}})
+cfg = tiny_cfg(root, **{k: overrides.pop(k) for k in size_keys if k in overrides})
 cfg.update(overrides)
 if not exact:
     sys.exit(main(args, cfg=cfg))
@@ -86,7 +84,7 @@ trainer.train()
 
 def child_env():
     env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([REPO, HERE, env.get("PYTHONPATH", "")])
     return env
 
 
@@ -226,7 +224,7 @@ def toy_trainer(work_dir, max_iters=None, **cfg_kw):
 
 # ============================================================================ param groups
 
-# reference-facts 3.3: (decay, no decay, excluded tensors, excluded scalars)
+# Groups the reference optimiser builds: (decay, no decay, excluded tensors, excluded scalars)
 REFERENCE_GROUPS = {
     "NYUDepthv2.DFormer_Tiny": (239, 262, 152, 12448),
     "NYUDepthv2.DFormerv2_S": (273, 412, 29, 58),
@@ -459,13 +457,12 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 
 KILL_DURING_SAVE = '''import os, sys, time
-sys.path.insert(0, {repo!r})
-from utils import runtime
+from utils import runtime; runtime.setup()
 import numpy as np
 import jittor as jt
 from utils.checkpoint import atomic_save
 path = sys.argv[1]
-atomic_save({{"iteration": 1, "w": np.ones(1000)}}, path)
+atomic_save({"iteration": 1, "w": np.ones(1000)}, path)
 def slow_save(obj, target):
     with open(target, "wb") as f:
         f.write(b"\\x80\\x04partial")
@@ -473,13 +470,13 @@ def slow_save(obj, target):
         open(path + ".ready", "w").close()
         time.sleep(60)
 jt.save = slow_save
-atomic_save({{"iteration": 2, "w": np.zeros(1000)}}, path)
+atomic_save({"iteration": 2, "w": np.zeros(1000)}, path)
 '''
 
 
 def test_kill_during_save_keeps_previous_checkpoint(tmp_path):
     script = tmp_path / "saver.py"
-    script.write_text(KILL_DURING_SAVE.format(repo=REPO))
+    script.write_text(KILL_DURING_SAVE)
     path = str(tmp_path / "latest.pkl")
     proc = Killable([sys.executable, str(script), path], tmp_path / "pid", quiet=False)
     try:
@@ -538,7 +535,7 @@ def e2e(tmp_path_factory):
     root = base / "data"
     ensure_synthetic_dataset(tiny_cfg(root), verbose=False)
     runner = base / "runner.py"
-    runner.write_text(RUNNER.format(repo=REPO, here=HERE))
+    runner.write_text(RUNNER)
     ref = base / "reference"
     run_train(str(runner), root, ref, args=("--no-mst", "--val-every", "1",
                                            "--max-val-iters", "1"))

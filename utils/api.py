@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from utils import runtime
-import jittor as jt
+runtime.setup()  # before jittor is imported
+import jittor as jt  # noqa: E402
 
 from utils.dataloader.transforms import SUN_PAD_SIZE, EvalTransform
 from utils.engine.evaluator import MST_SCALES, predict_probs, probs_to_pred

@@ -14,18 +14,12 @@ Layouts understood:
   ``model`` entries, keys with or without ``backbone.`` / ``module.`` prefixes.
 """
 import os
-import re
 import tempfile
 from collections import OrderedDict
 
 import numpy as np
 
-from utils import runtime  # noqa: F401  (jittor set-up)
 import jittor as jt
-
-# Keys present in the released DFormer (v1) checkpoints that the model does not build
-# (four output norms whose construction is commented out in the reference).
-KNOWN_EXTRA_KEYS = re.compile(r"^(backbone\.)?norm[0-3]\.(weight|bias)$")
 
 PYTORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".tar", ".bin")
 
@@ -169,15 +163,20 @@ def load_state_dict(module, state_dict, strict=True, source="checkpoint"):
     """Copy ``state_dict`` into ``module``.
 
     Every model tensor must be present with the right shape, and every checkpoint key
-    must be used, except the known harmless extras (reported, not silently dropped).
+    must be used, except the known harmless extras that the module's own
+    ``checkpoint_filter(state_dict)`` (when it has one) removes first: those are
+    reported, not silently dropped.
     ``strict=False`` turns missing/unexpected keys into a report instead of an error;
     a shape mismatch is always an error.
     """
     own = module.state_dict()
-    loaded, unexpected, harmless, mismatched = [], [], [], []
+    harmless = []
+    if hasattr(module, "checkpoint_filter"):
+        state_dict, harmless = module.checkpoint_filter(state_dict)
+    loaded, unexpected, mismatched = [], [], []
     for key, value in state_dict.items():
         if key not in own:
-            (harmless if KNOWN_EXTRA_KEYS.match(key) else unexpected).append(key)
+            unexpected.append(key)
             continue
         value = np.asarray(_to_numpy(value))
         target = own[key]

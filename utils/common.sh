@@ -8,11 +8,16 @@ dformer_python() {
   else echo python3; fi
 }
 
+# The config's log folder (C.log_dir) of config module $1.
+dformer_log_dir() {
+  "$PY" -c "from local_configs import load_config; print(load_config('$1').log_dir)"
+}
+
 # The checkpoint a run of config $1 left: <log_dir>/best.pkl (the quick start's fixed
 # folder), else the newest <log_dir>/<timestamp>/best.pkl.
 dformer_default_checkpoint() {
   local run_dir newest
-  run_dir="checkpoints/$("$PY" -c "from local_configs import load_config; c = load_config('$1'); print(c.dataset_name + '_' + c.backbone)")"
+  run_dir=$(dformer_log_dir "$1")
   if [ -f "$run_dir/best.pkl" ]; then echo "$run_dir/best.pkl"; return; fi
   newest=$(ls -t "$run_dir"/*/best.pkl 2>/dev/null | head -n 1 || true)
   echo "${newest:-$run_dir/best.pkl}"

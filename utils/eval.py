@@ -9,11 +9,9 @@ Modes: single scale by default; ``--mst`` = the reference's 5 scales (0.5..1.5) 
 Under ``mpirun -np N`` every rank evaluates its shard; rank 0 prints and writes files.
 """
 import os
-import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+if __package__ in (None, ""):  # run as a script
+    import repo_root  # noqa: F401  (the repository root onto sys.path)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -21,7 +19,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from utils import runtime  # noqa: E402  (before jittor)
+from utils import runtime  # noqa: E402
+runtime.setup()  # before jittor is imported
 import jittor as jt  # noqa: E402
 
 from local_configs import load_config  # noqa: E402

@@ -56,7 +56,7 @@ what the *reference* computes:
   rule counts the reference's products:
   per matrix ``N D R (2 s + 3) + (N R^2 + D R^2)(2 s + 1)`` multiply-adds with
   ``s`` = eval (or train) steps.
-* Bilinear resizing and adaptive pooling (``models.layers._separable``) are
+* Bilinear resizing and adaptive pooling (``models.ops.interpolate.separable``) are
   matrix products here but ``F.interpolate`` / pooling in the reference: never
   counted.
 * DFormerv2 ``DWConv2d`` is counted as the reference's ``nn.Conv2d`` child
@@ -342,7 +342,7 @@ _PRODUCT_FUNCTIONS = (
 )
 
 # Functions computing what the reference does with F.interpolate / pooling.
-_UNCOUNTED_FUNCTIONS = (("models.layers", "_separable"),)
+_UNCOUNTED_FUNCTIONS = (("models.ops.interpolate", "separable"),)
 
 
 # ---------------------------------------------------------------------------

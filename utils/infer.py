@@ -17,16 +17,16 @@ at the end. A single pair that cannot be used is an error naming the file.
 import os
 import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+if __package__ in (None, ""):  # run as a script
+    import repo_root  # noqa: F401  (the repository root onto sys.path)
 
 import argparse  # noqa: E402
 
 import cv2  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from utils import runtime  # noqa: E402,F401  (before jittor)
+from utils import runtime  # noqa: E402
+runtime.setup()  # before jittor is imported
 from utils.api import (InputError, MST_SCALES, check_sizes, inference_model, init_model,  # noqa: E402
                        override_config, read_depth, read_label, read_rgb)
 from utils import visualize as vis  # noqa: E402

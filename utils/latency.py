@@ -26,13 +26,13 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 
-if __package__ in (None, ""):   # run as a script: import from the repository root, not utils/
-    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __package__ in (None, ""):  # run as a script
+    import repo_root  # noqa: F401  (the repository root onto sys.path)
 
-from utils import runtime  # noqa: E402  (must precede jittor)
+from utils import runtime  # noqa: E402
+runtime.setup()  # before jittor is imported
 
 import numpy as np  # noqa: E402
 import jittor as jt  # noqa: E402
@@ -125,12 +125,11 @@ def measure_train(config, shape=(240, 320), batch=2, warmup=1, iters=5):
     """
     from local_configs import load_config
     from models.builder import EncoderDecoder
+    from models.ops import flush_to_zero
     from utils.engine.optim import build_optimizer, group_parameters
 
-    from utils.engine.trainer import enable_flush_to_zero
-
     device = runtime.init_device()
-    enable_flush_to_zero()          # as the trainer does at start-up
+    flush_to_zero()                 # as the trainer does at start-up
     cfg = load_config(config)
     model = EncoderDecoder(cfg, load_pretrained=False)
     model.train()

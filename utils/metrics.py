@@ -1,6 +1,6 @@
 """Segmentation metrics from a confusion matrix (rows = ground truth, columns = prediction).
 
-Definitions follow the reference's evaluation (reference-facts 5.5) and add the
+Definitions follow the reference's evaluation (one confusion matrix over the split) and add the
 usual extras; every value is a percentage:
 
 * ``miou``          mean IoU over *all* classes, a class absent from both ground

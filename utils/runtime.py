@@ -1,6 +1,7 @@
-"""Process-wide Jittor set-up. Import this module before ``import jittor``.
+"""Process-wide Jittor set-up: every entry point calls :func:`setup` before ``import jittor``.
 
-It does three things, once per process:
+Importing this module changes nothing. :func:`setup` does four things, once per
+process:
 
 1. Hides ``nvcc`` from Jittor when no CUDA driver is present. Jittor otherwise
    tries to compile CUDA kernels at import and crashes on machines that have the
@@ -13,11 +14,10 @@ It does three things, once per process:
    half-written cache behind.
 3. Falls back to ``use_mkl=0`` with one clear warning when no oneDNN exists
    (CPU convolutions are then roughly two orders of magnitude slower).
-
 4. Tunes glibc's malloc for this workload (see :func:`_tune_malloc`); set
    ``DFORMER_MALLOC_TUNING=0`` to keep the defaults.
 
-Call :func:`init_device` after importing jittor to select CPU or CUDA.
+Then :func:`init_device`, after importing jittor, selects CPU or CUDA.
 """
 import ctypes
 import glob
@@ -165,17 +165,22 @@ def _tune_malloc():
     MALLOC_STATUS = "no mmap, trim threshold 1 GiB" if ok else "mallopt failed"
 
 
-def _configure():
+_DONE = False
+
+
+def setup():
+    """Prepare the environment Jittor reads at import (see the module docstring); idempotent."""
+    global _DONE
+    if _DONE:
+        return
+    _DONE = True
     if "jittor" in sys.modules:
-        warnings.warn("utils.runtime imported after jittor: the CPU/CUDA and oneDNN set-up "
-                      "may not take effect.", RuntimeWarning, stacklevel=3)
+        warnings.warn("utils.runtime.setup() called after jittor was imported: the CPU/CUDA and "
+                      "oneDNN set-up may not take effect.", RuntimeWarning, stacklevel=2)
     os.environ.setdefault("log_silent", "1")  # keep Jittor's compile chatter out of the logs
     _setup_cuda_visibility()
     _setup_dnnl()
     _tune_malloc()
-
-
-_configure()
 
 
 def init_device(use_cuda=None):

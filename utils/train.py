@@ -22,18 +22,21 @@ import os
 import sys
 import time
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __package__ in (None, ""):  # run as a script
+    import repo_root  # noqa: F401  (the repository root onto sys.path)
 
-from utils import runtime  # noqa: E402  (must precede the jittor import)
+from utils import runtime  # noqa: E402
+runtime.setup()  # before jittor is imported
 import jittor as jt  # noqa: E402
 
 from local_configs import load_config  # noqa: E402
 
 
 def str2bool_flag(parser, name, default, help_text):
-    parser.add_argument(f"--{name}", default=default, action=argparse.BooleanOptionalAction,
-                        help=help_text)
+    """``--name`` / ``--no-name``; a dashed name also accepts its underscore spelling."""
+    spellings = [f"--{name}"] + ([f"--{name.replace('-', '_')}"] if "-" in name else [])
+    parser.add_argument(*spellings, dest=name.replace("-", "_"), default=default,
+                        action=argparse.BooleanOptionalAction, help=help_text)
 
 
 def build_parser():
@@ -56,7 +59,7 @@ def build_parser():
     str2bool_flag(p, "mst", True, "validate with 5 scales + flip (the reference's default)")
     str2bool_flag(p, "amp", None, "mixed precision training on CUDA (default off, as the "
                   "official train.sh); ignored on CPU")
-    str2bool_flag(p, "val_amp", None, "mixed precision validation on CUDA (default on, as the "
+    str2bool_flag(p, "val-amp", None, "mixed precision validation on CUDA (default on, as the "
                   "official train.sh); ignored on CPU")
     str2bool_flag(p, "sliding", False, "sliding-window validation")
     str2bool_flag(p, "syncbn", True, "synchronise BatchNorm statistics across MPI processes")
@@ -142,7 +145,7 @@ def resolve_amp(args, device, logger):
     amp = bool(args.amp) if args.amp is not None else False
     val_amp = bool(args.val_amp) if args.val_amp is not None else device == "cuda"
     if device != "cuda" and (amp or val_amp):
-        logger.info("Mixed precision (--amp/--val_amp) is CUDA-only: ignored on CPU.")
+        logger.info("Mixed precision (--amp/--val-amp) is CUDA-only: ignored on CPU.")
         amp = val_amp = False
     if amp:
         logger.warning("--amp: Jittor's automatic mixed precision has no gradient scaler; "
@@ -193,9 +196,10 @@ def write_run_info(work_dir, cfg, args, logger):
 def setup_run(args, cfg=None):
     """Device, MPI check, config, work dir and logger; returns a namespace of them."""
     from utils.engine.logger import get_logger
-    from utils.engine.trainer import enable_flush_to_zero, is_main_process
+    from models.ops import flush_to_zero
+    from utils.engine.trainer import is_main_process
     device = runtime.init_device()
-    ftz = enable_flush_to_zero() if device == "cpu" else True
+    ftz = flush_to_zero() if device == "cpu" else True
     n = check_world(args)
     cfg = prepare_config(args, cfg)
     work_dir = resolve_work_dir(args, cfg)

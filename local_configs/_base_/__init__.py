@@ -1,4 +1,4 @@
-"""Defaults shared by every config (reference-facts section 1.3)."""
+"""Defaults shared by every config, with the values the reference's configs set."""
 import os.path as osp
 
 from easydict import EasyDict
@@ -26,8 +26,6 @@ def base_config():
     C.train_all_params = False
     # evaluation
     C.eval_stride_rate = 2 / 3
-    C.eval_scale_array = [0.5, 0.75, 1.0, 1.25, 1.5]
-    C.eval_flip = True
     C.pad_SUNRGBD = False
     C.checkpoint_step = 25
     return C

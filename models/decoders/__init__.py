@@ -62,7 +62,7 @@ DECODERS = {
 }
 
 
-def build_decode_head(cfg, in_channels, sync_bn=True, init=True):
+def build_decode_head(cfg, in_channels, sync_bn=True):
     """Build the decode head (and auxiliary head) the reference builds for ``cfg.decoder``.
 
     Args:
@@ -70,21 +70,15 @@ def build_decode_head(cfg, in_channels, sync_bn=True, init=True):
             (ham, MLPDecoder), ``aux_rate`` (ham), ``bn_eps``, ``bn_momentum``.
         in_channels (Sequence[int]): widths of the 4 backbone stages.
         sync_bn (bool): synchronise head BN statistics under MPI.
-        init (bool): run the reference decoder init (Kaiming-normal convs, BN
-            weight 1 / bias 0) on both heads, as the reference does whenever the
-            segmentor is built with a criterion.
 
     Returns:
         (decode_head, aux_head or None, aux_rate). The auxiliary head is an
         :class:`FCNHead` meant for backbone stage 2 (``AUX_INDEX``); it accepts
         the feature list or that single map. ``aux_rate`` is 0.0 without it.
+        The heads are initialised once, by ``EncoderDecoder.init_weights``.
     """
     norm = dict(bn_eps=cfg.get("bn_eps", 1e-3), bn_momentum=cfg.get("bn_momentum", 0.1),
                 sync_bn=sync_bn)
     builder = DECODERS.get(cfg.decoder, _build_fcn)
     head, aux, aux_rate = builder(cfg, list(in_channels), norm)
-    if init:
-        head.init_weights()
-        if aux is not None:
-            aux.init_weights()
     return head, aux, float(aux_rate)

@@ -8,7 +8,8 @@ import numpy as np
 import jittor as jt
 from jittor import nn, init
 
-from ..layers import BatchNorm2d, ConvModule, resize
+from ..layers import BatchNorm2d, ConvModule
+from ..ops import resize
 
 __all__ = ["BaseDecodeHead", "NMF2D", "Hamburger", "LightHamHead",
            "init_decoder_weights", "configure_norms"]

@@ -2,7 +2,8 @@
 import jittor as jt
 from jittor import nn
 
-from ..layers import BatchNorm2d, resize
+from ..layers import BatchNorm2d
+from ..ops import resize
 from .ham_head import init_decoder_weights
 
 __all__ = ["MLP", "MLPDecoder"]

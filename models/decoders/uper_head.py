@@ -5,7 +5,8 @@ Unified Perceptual Parsing for Scene Understanding (https://arxiv.org/abs/1807.1
 import jittor as jt
 from jittor import nn
 
-from ..layers import BatchNorm2d, adaptive_avg_pool2d, resize
+from ..layers import BatchNorm2d, adaptive_avg_pool2d
+from ..ops import resize
 from .ham_head import init_decoder_weights
 
 __all__ = ["AdaptiveAvgPool2d", "PPM", "UPerHead"]

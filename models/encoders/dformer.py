@@ -8,22 +8,22 @@ strides 4, 8, 16, 32).
 Layout: stems and inter-stage downsampling work on NCHW tensors; blocks work on
 channels-last (B, H, W, C) tensors so that every Linear is one 2-D product.
 The depthwise convolutions of the blocks run on channels-last data directly
-(oneDNN on CPU), the pooled attention and its upsampling are written as 2-D
-products with small pooling / interpolation matrices, so a stage needs no
-layout permutes between its first and last block.
+(:func:`models.ops.depthwise_conv`), the pooled attention and its upsampling
+are written as 2-D products with small pooling / interpolation matrices, so a
+stage needs no layout permutes between its first and last block.
 
 Parameter names and state-dict order equal the official checkpoints.
 """
 import functools
 import math
+from collections import OrderedDict
 
 import numpy as np
 import jittor as jt
 from jittor import nn
 
-from ..layers import BatchNorm2d, DropPath, GELU, fused_cpu, interp_matrix, pool_matrix
-# DFormerv2's C++ CPU kernels: channels-last depthwise convolution and LayerNorm.
-from .dformerv2 import _LayerNormCPU, _dwconv_kernel, _taps
+from ..layers import BatchNorm2d, DropPath, GELU, drop_path_rates, pool_matrix
+from ..ops import depthwise_conv, interp_matrix, layer_norm
 
 __all__ = ["DFormer", "dformer_tiny", "dformer_small", "dformer_base", "dformer_large"]
 
@@ -32,60 +32,16 @@ __all__ = ["DFormer", "dformer_tiny", "dformer_small", "dformer_base", "dformer_
 # helpers
 
 
-def _mkl_ops():
-    """oneDNN custom ops of Jittor, or None when they are unavailable (or on CUDA)."""
-    if jt.flags.use_cuda:
-        return None
-    from jittor import compile_extern
-    return getattr(compile_extern, "mkl_ops", None)
+def checkpoint_filter_fn(state_dict, prefix=""):
+    """Drop what released DFormer checkpoints hold beyond the model: four output norms
+    (``norm0..3``) whose construction the reference comments out.
 
-
-class _DepthwiseConvNHWC(jt.Function):
-    """Stride-1 depthwise convolution of a channels-last tensor through oneDNN.
-
-    Jittor's own convolution wants NCHW; calling the oneDNN op with an NHWC
-    memory tag avoids two full-size transposes per convolution.
+    ``prefix`` is the backbone's key prefix in ``state_dict``. Returns the filtered
+    state dict and the dropped keys.
     """
-
-    def __init__(self, padding):
-        self.padding = padding
-
-    def execute(self, x, weight):
-        self.x, self.weight = x, weight
-        p, groups = self.padding, weight.shape[0]
-        return _mkl_ops().mkl_conv(x, weight, 1, 1, p, p, 1, 1, groups, "acdb", "oihw", "acdb")
-
-    def grad(self, dy):
-        ops, x, w, p = _mkl_ops(), self.x, self.weight, self.padding
-        groups, k = w.shape[0], w.shape[2]
-        dx = ops.mkl_conv_backward_x(w, dy, x.shape[1], x.shape[2], 1, 1, p, p, 1, 1, groups,
-                                     "acdb", "oihw", "acdb")
-        dw = ops.mkl_conv_backward_w(x, dy, k, k, 1, 1, p, p, 1, 1, groups,
-                                     "acdb", "oihw", "acdb")
-        return dx, dw
-
-
-class _DepthwiseConvResidualNHWC(jt.Function):
-    """``x + dwconv(x) + bias`` of a channels-last tensor in one pass (C++ kernel).
-
-    The forward and the input gradient (same kernel, taps rotated by 180
-    degrees, plus the residual) run in DFormerv2's OpenMP kernel, which for 3x3
-    taps beats oneDNN's NHWC depthwise convolution and saves the separate bias
-    and residual passes; the weight gradient comes from oneDNN.
-    """
-
-    def execute(self, x, weight, bias):
-        self.x, self.weight = x, weight
-        return _dwconv_kernel(x, _taps(weight), bias, residual=True)
-
-    def grad(self, dy):
-        x, w = self.x, self.weight
-        c, k = w.shape[0], w.shape[2]
-        p = k // 2
-        dx = _dwconv_kernel(dy, _taps(w, flip=True), jt.zeros((c,), dtype=dy.dtype), residual=True)
-        dw = _mkl_ops().mkl_conv_backward_w(x, dy, k, k, 1, 1, p, p, 1, 1, c,
-                                            "acdb", "oihw", "acdb")
-        return dx, dw, dy.sum([0, 1, 2])
+    extras = {f"{prefix}norm{i}.{name}" for i in range(4) for name in ("weight", "bias")}
+    kept = OrderedDict((k, v) for k, v in state_dict.items() if k not in extras)
+    return kept, [k for k in state_dict if k in extras]
 
 
 @functools.lru_cache(maxsize=64)
@@ -149,11 +105,7 @@ class ChannelsLastLayerNorm(nn.Module):
         self.bias = jt.zeros((dim,), dtype="float32")
 
     def execute(self, x):
-        if fused_cpu(x):
-            return _LayerNormCPU(self)(x, self.weight, self.bias)
-        centred = x - x.mean(-1, keepdims=True)
-        var = (centred * centred).mean(-1, keepdims=True)
-        return centred * jt.rsqrt(var + self.eps) * self.weight + self.bias
+        return layer_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
         return f"{self.dim}, eps={self.eps}"
@@ -174,16 +126,7 @@ class DepthwiseConv2d(nn.Module):
 
     def execute(self, x, residual=False):
         """``dwconv(x)``, or ``x + dwconv(x)`` when ``residual``."""
-        pad = self.kernel_size // 2
-        if (residual and self.kernel_size == 3 and self.dim % 16 == 0 and fused_cpu(x)
-                and _mkl_ops() is not None):
-            return _DepthwiseConvResidualNHWC()(x, self.weight, self.bias)
-        if _mkl_ops() is not None:
-            y = _DepthwiseConvNHWC(pad)(x, self.weight)
-        else:
-            y = nn.conv2d(x.permute(0, 3, 1, 2), self.weight, None, 1, pad, 1, self.dim)
-            y = y.permute(0, 2, 3, 1)
-        return x + (y + self.bias) if residual else y + self.bias
+        return depthwise_conv(x, self.weight, self.bias, residual)
 
     def extra_repr(self):
         return f"{self.dim}, kernel_size={self.kernel_size}"
@@ -355,22 +298,10 @@ def _downsample(in_channels, out_channels, sync_bn):
     )
 
 
-def _drop_path_rates(rate, n):
-    """``torch.linspace(0, rate, n)`` (float32, fused multiply-add) as Python floats.
-
-    Both halves are evaluated in float64 and rounded once, as PyTorch's
-    vectorised kernel does; the values match the reference bit for bit.
-    """
-    if n == 1:
-        return [0.0]
-    end = np.float32(rate)
-    step = np.float64(np.float32(end / np.float32(n - 1)))
-    return [float(np.float32(step * i)) if i < n // 2
-            else float(np.float32(np.float64(end) - step * (n - 1 - i))) for i in range(n)]
-
-
 class DFormer(nn.Module):
     """DFormer backbone: ``execute(rgb, depth)`` -> list of 4 NCHW RGB feature maps."""
+
+    checkpoint_filter = staticmethod(checkpoint_filter_fn)
 
     def __init__(self, dims=(32, 64, 128, 256), depths=(2, 2, 8, 2), num_heads=(1, 2, 4, 8),
                  mlp_ratios=(8, 8, 4, 4), windows=(0, 7, 7, 7), drop_path_rate=0.1, sync_bn=True):
@@ -387,7 +318,7 @@ class DFormer(nn.Module):
         for i in range(len(dims) - 1):
             self.downsample_layers_e.append(_downsample(dims[i] // 2, dims[i + 1] // 2, sync_bn))
 
-        rates = _drop_path_rates(drop_path_rate, sum(depths))
+        rates = drop_path_rates(drop_path_rate, sum(depths))
         last_stage = len(dims) - 1
         self.stages = nn.ModuleList()
         cur = 0

@@ -1,6 +1,6 @@
 """RGB-D segmentation dataset in the NYUDepthv2 / SUNRGBD layout, as a Jittor Dataset.
 
-Layout (reference-facts 2.1)::
+Layout (the reference's RGBXDataset)::
 
     <dataset_path>/RGB/<name><rgb_format>   Depth/<name><x_format>
     <dataset_path>/<Label|labels>/<name><gt_format>   train.txt   test.txt
@@ -46,7 +46,6 @@ import os.path as osp
 import cv2
 import numpy as np
 
-from utils import runtime  # noqa: F401  (must precede the jittor import)
 from jittor.dataset import Dataset
 from jittor.dataset.sampler import Sampler
 

@@ -1,6 +1,6 @@
 """Per-sample preprocessing of (rgb, depth, label) triplets, numpy/OpenCV only.
 
-Reproduces the reference pipeline (reference-facts 2.4 and 2.5) value for value:
+Reproduces the reference's training and evaluation pipelines value for value:
 
 * training: random mirror (p=0.5) -> random scale (OpenCV bilinear for images,
   nearest for labels) -> normalisation -> random crop with centred padding

@@ -1,6 +1,6 @@
 """The evaluation loop, shared by utils/eval.py, utils/api.py and training's validation.
 
-Prediction modes (reference-facts 5.2-5.4):
+Prediction modes (those of the reference's evaluator):
 
 * **single scale** (``scales == (1.0,)``): the model runs on the native-size input.
 * **multi-scale** (any other ``scales``): for each scale s the *normalised* inputs are
@@ -40,11 +40,10 @@ import math
 import numpy as np
 from tqdm import tqdm
 
-from utils import runtime  # noqa: F401  (must precede the jittor import)
 import jittor as jt
 from jittor import nn
 
-from models.layers import resize
+from models.ops import resize
 from utils.metrics import ConfusionMatrix, compute_metrics
 
 MST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # the reference's hard-coded --mst scales

@@ -1,7 +1,7 @@
 """Parameter groups, optimisers and the learning-rate schedule of the reference.
 
-Parameter groups (reference-facts 3.3)
---------------------------------------
+Parameter groups (as the reference builds them)
+-----------------------------------------------
 The reference optimiser sees two groups, both at the base lr:
 
 * ``decay`` (the config's weight decay): the ``weight`` of every Linear / Conv module;
@@ -28,8 +28,8 @@ step for AdamW; ``buf = m*buf + (g + wd*p)``, ``p -= lr*buf`` for SGD with momen
 They add a compact, checked ``state_dict`` (numpy moments, step count, per-group lr/wd;
 no parameter copies) so a resumed run continues bit for bit.
 
-Learning-rate schedule (reference-facts 3.5)
---------------------------------------------
+Learning-rate schedule (the reference's linear warm-up, then poly decay)
+------------------------------------------------------------------------
 ``f(t) = base * t / W`` for ``t < W`` and ``base * (1 - t / T) ** power`` otherwise.
 The reference sets the lr to ``f(t)`` *after* the step of iteration ``t``, so the step
 of iteration ``t`` uses ``f(t - 1)``, and iteration 0 uses the constructor's lr = base.
@@ -40,7 +40,6 @@ lr a pure function of the iteration (nothing extra to restore on resume).
 """
 import numpy as np
 
-from utils import runtime  # noqa: F401  (must precede the jittor import)
 import jittor as jt
 from jittor import nn
 

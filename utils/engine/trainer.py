@@ -18,7 +18,7 @@ the interrupted epoch that were already used are skipped. Two Jittor details mat
 are handled by utils/train.py and :meth:`Trainer.resume`: random initial weights are drawn
 when first *computed* (so the model is materialised right after it is built, under the
 init seed), and restored tensors are materialised before the first resumed step; on CPU
-the flush-to-zero mode is fixed at start-up (:func:`enable_flush_to_zero`). With these, a
+the flush-to-zero mode is fixed at start-up (:func:`models.ops.flush_to_zero`). With these, a
 resumed CPU run ends bit-identical to the uninterrupted one (tests/test_train.py).
 
 Logging: the lr shown (tqdm, log, TensorBoard ``train/lr``) is the lr the step *used*
@@ -75,41 +75,8 @@ def seed_iteration(seed, t):
     jt.set_global_seed(derived_seed(seed, t), different_seed_for_mpi=True)
 
 
-_FTZ_HEADER = """
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#endif
-"""
-_FTZ_SRC = """
-#if defined(__x86_64__) || defined(__i386__)
-_mm_setcsr(_mm_getcsr() | 0x8040);
-@out(0) = 1;
-#else
-@out(0) = 0;
-#endif
-"""
-
-
-def enable_flush_to_zero():
-    """Switch the main thread to flush-to-zero + denormals-are-zero now (x86 CPU).
-
-    Jittor builds its CPU kernels with ``-Ofast``; loading such a library switches the
-    *loading thread* to FTZ/DAZ, and which thread loads which kernel first (main thread
-    or a parallel-compiler thread) depends on the process's history. Without this, a
-    resumed run switches at another moment than an uninterrupted one and rounds values
-    below 1e-38 (Adam's second moments of tiny gradients) differently. Setting the mode
-    once at start-up, before any compute thread exists, makes it the same in every run.
-    Returns False where it cannot be set (not x86).
-    """
-    done = jt.code((1,), "int32", [], cpu_header=_FTZ_HEADER, cpu_src=_FTZ_SRC)
-    if not int(done.item()):
-        return False
-    tiny = jt.array(np.full((2,), 1e-20, dtype=np.float32))
-    return float((tiny * tiny).sum().item()) == 0.0
-
-
 def reference_val_due(epoch, cfg):
-    """The reference's validation schedule (reference-facts 4.4)."""
+    """The reference's validation schedule: epoch 1, every 10th, all after ``checkpoint_start_epoch``."""
     return epoch > int(cfg.checkpoint_start_epoch) or epoch == 1 or epoch % 10 == 0
 
 

@@ -1,0 +1,146 @@
+"""Depthwise ``k x k`` convolution (stride 1, 'same' padding) of a channels-last
+tensor, plus bias, plus the input itself when ``residual`` (``x + dwconv(x)``).
+
+Fused paths never leave the (B, H, W, C) layout: taps up to 5x5 run in an
+OpenMP kernel (faster than oneDNN there, and the bias and residual come free in
+the same pass); larger taps, or channel counts the kernel cannot vectorise, run
+oneDNN's convolution with NHWC memory tags. The plain path transposes to NCHW
+for Jittor's own convolution.
+"""
+import jittor as jt
+from jittor import nn
+
+from ._common import HEADER, VECTOR_WIDTH, fused_for
+
+_KERNEL_MAX_TAPS = 5
+
+# in0: x (B, H, W, C), C a multiple of 16; in1: taps (K, K, C); in2: bias (C,)
+# -> out0 (B, H, W, C). With RESIDUAL 1 the input is added to the result.
+# Channels go in groups of 64 so the accumulators stay in registers across taps.
+_DWCONV_SRC = r"""
+const int B = in0_shape0, H = in0_shape1, W = in0_shape2, C = in0_shape3;
+const int K = in1_shape0, P = K / 2;
+#pragma omp parallel for collapse(2) schedule(static)
+for (int b = 0; b < B; b++)
+for (int r = 0; r < H; r++) {
+    const int i_lo = std::max(0, P - r), i_hi = std::min(K, H + P - r);
+    for (int c0 = 0; c0 < W; c0++) {
+        const int j_lo = std::max(0, P - c0), j_hi = std::min(K, W + P - c0);
+        const long long pix = ((long long)b * H + r) * W + c0;
+        for (int cb = 0; cb < C; cb += 64) {
+            const int nv = std::min(4, (C - cb) / 16);
+            dfv_vec acc[4];
+            for (int u = 0; u < 4; u++) {
+                if (u >= nv) break;
+                acc[u] = dfv_load(in2_p + cb + 16 * u);
+#if RESIDUAL
+                acc[u] += dfv_load(in0_p + pix * C + cb + 16 * u);
+#endif
+            }
+            for (int i = i_lo; i < i_hi; i++) {
+                const float* xrow = in0_p + (pix + (long long)(i - P) * W) * C + cb;
+                for (int j = j_lo; j < j_hi; j++) {
+                    const float* xi = xrow + (long long)(j - P) * C;
+                    const float* ti = in1_p + (i * K + j) * C + cb;
+                    if (nv == 4) {
+                        acc[0] += dfv_load(xi) * dfv_load(ti);
+                        acc[1] += dfv_load(xi + 16) * dfv_load(ti + 16);
+                        acc[2] += dfv_load(xi + 32) * dfv_load(ti + 32);
+                        acc[3] += dfv_load(xi + 48) * dfv_load(ti + 48);
+                    } else {
+                        for (int u = 0; u < nv; u++)
+                            acc[u] += dfv_load(xi + 16 * u) * dfv_load(ti + 16 * u);
+                    }
+                }
+            }
+            for (int u = 0; u < nv; u++) dfv_store(out0_p + pix * C + cb + 16 * u, acc[u]);
+        }
+    }
+}
+"""
+
+_NHWC = ("acdb", "oihw", "acdb")   # oneDNN memory tags of input, weight and output
+
+
+def _onednn():
+    """Jittor's oneDNN custom ops, or None (no oneDNN, or running on CUDA)."""
+    if jt.flags.use_cuda:
+        return None
+    from jittor import compile_extern
+    return getattr(compile_extern, "mkl_ops", None)
+
+
+def _taps(weight, flip=False):
+    """(C, 1, K, K) depthwise weight -> (K, K, C) taps, optionally rotated by 180 degrees."""
+    c, _, k, _ = weight.shape
+    if flip:
+        return weight.reindex([k, k, c], ["i2", "0", f"{k - 1}-i0", f"{k - 1}-i1"])
+    return weight.reindex([k, k, c], ["i2", "0", "i0", "i1"])
+
+
+def _kernel(x, taps, bias, residual):
+    src = f"#define RESIDUAL {int(residual)}\n" + _DWCONV_SRC
+    return jt.code(x.shape, x.dtype, [x, taps, bias], cpu_header=HEADER, cpu_src=src)
+
+
+def _kernel_applies(x, weight):
+    return weight.shape[-1] <= _KERNEL_MAX_TAPS and x.shape[-1] % VECTOR_WIDTH == 0
+
+
+def _weight_grad(x, dy, k):
+    """Gradient of the (C, 1, k, k) weight: oneDNN, else a sum over reindexed patches."""
+    b, h, w, c = x.shape
+    p = k // 2
+    onednn = _onednn()
+    if onednn is not None:
+        return onednn.mkl_conv_backward_w(x, dy, k, k, 1, 1, p, p, 1, 1, c, *_NHWC)
+    patches = x.reindex([b, h, w, c, k, k], ["i0", f"i1+i4-{p}", f"i2+i5-{p}", "i3"])
+    gw = (patches * dy.reindex([b, h, w, c, k, k], ["i0", "i1", "i2", "i3"])).sum([0, 1, 2])
+    return gw.reshape((c, 1, k, k))
+
+
+class _FusedDepthwiseConv(jt.Function):
+    """Both fused paths; the input gradient is the same convolution with the taps
+    rotated by 180 degrees (plus the output gradient itself when ``residual``)."""
+
+    def __init__(self, residual, use_kernel):
+        self.residual, self.use_kernel = residual, use_kernel
+
+    def execute(self, x, weight, bias):
+        self.x, self.weight = x, weight
+        if self.use_kernel:
+            return _kernel(x, _taps(weight), bias, self.residual)
+        p, c = weight.shape[-1] // 2, weight.shape[0]
+        y = _onednn().mkl_conv(x, weight, 1, 1, p, p, 1, 1, c, *_NHWC) + bias
+        return x + y if self.residual else y
+
+    def grad(self, dy):
+        x, weight = self.x, self.weight
+        c, k = weight.shape[0], weight.shape[-1]
+        p = k // 2
+        if self.use_kernel:
+            dx = _kernel(dy, _taps(weight, flip=True), jt.zeros((c,), dtype=dy.dtype), self.residual)
+        else:
+            dx = _onednn().mkl_conv_backward_x(weight, dy, x.shape[1], x.shape[2], 1, 1, p, p,
+                                               1, 1, c, *_NHWC)
+            if self.residual:
+                dx = dx + dy
+        return dx, _weight_grad(x, dy, k), dy.sum([0, 1, 2])
+
+
+def depthwise_conv_plain(x, weight, bias, residual=False):
+    y = nn.conv2d(x.permute(0, 3, 1, 2), weight, bias, 1, weight.shape[-1] // 2, 1, weight.shape[0])
+    y = y.permute(0, 2, 3, 1)
+    return x + y if residual else y
+
+
+def can_use(x, weight):
+    return fused_for(x) and (_kernel_applies(x, weight) or _onednn() is not None)
+
+
+def depthwise_conv(x, weight, bias, residual=False):
+    """``dwconv(x) + bias`` of x (B, H, W, C) with weight (C, 1, k, k);
+    ``x + dwconv(x) + bias`` when ``residual``."""
+    if can_use(x, weight):
+        return _FusedDepthwiseConv(residual, _kernel_applies(x, weight))(x, weight, bias)
+    return depthwise_conv_plain(x, weight, bias, residual)
