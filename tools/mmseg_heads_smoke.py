@@ -200,7 +200,7 @@ def check_head_step(decoder, backbone="DFormer-Tiny", size=(64, 64), odd=(45, 59
     loss = model(rgb, depth, label)
     head_params = [p for p in model.decode_head.parameters() if not p.is_stop_grad()]
     grads = jt.grad(loss, head_params)
-    loss_value = float(loss.numpy())
+    loss_value = float(loss.numpy().reshape(-1)[0])
     assert np.isfinite(loss_value), f"{decoder}: loss {loss_value}"
     norms = [float(np.abs(g.numpy()).sum()) for g in grads]
     assert all(np.isfinite(n) for n in norms), f"{decoder}: non-finite gradient"
