@@ -62,7 +62,7 @@ def write_inputs(ctx):
         cv2.imwrite(paths[1], depth)
         cv2.imwrite(os.path.join(ctx.data, "Label", stem + ".png"), label)
         ctx.pairs.append(tuple(paths))
-        lines.append(f"RGB/{stem}.png Label/{stem}.png")
+        lines.append(f"RGB/{stem}.png")
     for split in ("train.txt", "test.txt"):
         with open(os.path.join(ctx.data, split), "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -116,6 +116,8 @@ def check_equal_engine(ctx):
     cfg.eval_source = os.path.join(ctx.data, "test.txt")
     cfg.train_source = os.path.join(ctx.data, "train.txt")
     cfg.rgb_format = ".png"
+    cfg.synthetic = False  # our own random files, not the generator's
+    cfg.num_eval_imgs = len(ctx.pairs)
     dataset = RGBXDataset(cfg, "val", augment=False)
     for position, (rgb, depth) in enumerate(ctx.pairs):
         ours = inference_model(ctx.model, {"img": rgb, "modal_x": depth})
