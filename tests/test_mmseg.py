@@ -102,5 +102,5 @@ def test_api_smoke(capsys):
 def test_compat_smoke(capsys):
     """Every module imports; the 7 backbones give the right stage shapes at 64x64."""
     status = compat_smoke.main([])
-    assert _last_line(capsys) == "12 passed, 0 failed"
+    assert _last_line(capsys) == "14 passed, 0 failed"
     assert status == 0

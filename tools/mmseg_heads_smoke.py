@@ -211,7 +211,7 @@ def check_head_step(decoder, backbone="DFormer-Tiny", size=(64, 64), odd=(45, 59
                     jt.array(rng.standard_normal((1, 3) + odd).astype(np.float32)))
     assert tuple(out.shape) == (1, cfg.num_classes) + odd, f"{decoder}: output {tuple(out.shape)}"
     assert np.isfinite(out.numpy()).all(), f"{decoder}: non-finite logits"
-    return loss_value
+    return f"loss {loss_value:.4f}"
 
 
 def run_checks(checks):
@@ -220,7 +220,8 @@ def run_checks(checks):
         try:
             extra = fn()
             passed += 1
-            print(f"PASS {name}" + (f" ({extra:.4f})" if isinstance(extra, float) else ""), flush=True)
+            detail = f" ({extra:.4f})" if isinstance(extra, float) else (f" ({extra})" if extra else "")
+            print(f"PASS {name}{detail}", flush=True)
         except Exception as exc:  # noqa: BLE001  (a smoke reports every failure)
             failed += 1
             print(f"FAIL {name}: {type(exc).__name__}: {exc}", flush=True)
