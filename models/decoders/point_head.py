@@ -284,6 +284,8 @@ class PointRendHead(nn.Module):
     def extra_loss(self, label):
         """Point loss of the last training forward, against ``label`` (B, H, W)."""
         if self._cache is None:
+            if not self.is_training():  # a loss asked of an eval-mode forward: pixel loss only
+                return jt.zeros((1,), dtype="float32")
             raise RuntimeError("PointRendHead.extra_loss needs a training-mode forward first.")
         fine_map, coarse = self._cache
         self._cache = None
