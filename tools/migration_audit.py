@@ -181,7 +181,12 @@ def format_table(rows):
                       r.get("gflops", "-"), "ok" if r["ok"] else "FAIL"])
     text = tabulate(table, headers=["case", "weights", "loaded/missing/unexp./mismatch",
                                     "forward s", "mIoU %", "params M", "GFLOPs", "status"])
-    notes = [f"{r['case']}: {n}" for r in rows for n in r["notes"]]
+    grouped = {}
+    for r in rows:
+        for n in r["notes"]:
+            grouped.setdefault(n, []).append(r["case"])
+    notes = [f"{', '.join(cases) if len(cases) < len(rows) or len(rows) == 1 else 'all cases'}: {n}"
+             for n, cases in grouped.items()]
     notes += [f"{r['case']}: FAILED at {r['error']}" for r in rows if not r["ok"]]
     return text + ("\n" + "\n".join(notes) if notes else "")
 
