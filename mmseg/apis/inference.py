@@ -92,7 +92,9 @@ def init_model(config, checkpoint=None, device="cuda:0", cfg_options=None):
     cfg = _load_cfg(config, cfg_options)
     if checkpoint is not None and not os.path.isfile(checkpoint):
         from utils.errors import CheckpointError
-        raise CheckpointError(f"checkpoint not found: {checkpoint}")
+        raise CheckpointError(f"checkpoint not found: {checkpoint} (official checkpoints go to "
+                              "checkpoints/trained/, see the README; without a checkpoint the "
+                              "weights are random)")
     model = api.init_model(cfg, checkpoint, device="cuda" if use_cuda else "cpu")
     model.cfg = cfg
     model.dataset_meta = dataset_meta(cfg)
