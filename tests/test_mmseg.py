@@ -43,7 +43,8 @@ def test_registry_names_map_to_internal_names():
     assert backbone_name("DFormer", "large") == "DFormer-Large"
     assert backbone_name("DFormerv2", "S") == "DFormerv2_S"
     assert backbone_name("mmseg.DFormer-Tiny") == "DFormer-Tiny"
-    for kind in ("EncoderDecoder", "SegDataPreProcessor", "CrossEntropyLoss"):
+    for kind in ("EncoderDecoder", "CascadeEncoderDecoder", "FPN", "FPNHead", "SegDataPreProcessor",
+                 "CrossEntropyLoss"):
         assert kind in MODELS
     assert dataset_name("NYUDepthv2Dataset") == "NYUDepthv2" and "SUNRGBDDataset" in DATASETS
     from utils.errors import ConfigError
@@ -62,6 +63,11 @@ def test_registry_builds_a_segmentor_and_a_head():
     head = MODELS.build(dict(type="PSAHead", in_channels=[8], num_classes=3, channels=8,
                              in_index=[0], mask_size=(5, 5)))
     assert type(head).__name__ == "PSAHead"
+    cascade = MODELS.build(dict(
+        type="CascadeEncoderDecoder", num_stages=2, backbone=dict(type="DFormerv2", arch="small"),
+        neck=dict(type="FPN", in_channels=[64, 128, 256, 512], out_channels=256),
+        decode_head=[dict(type="FPNHead", num_classes=4), dict(type="PointHead", num_classes=4)]))
+    assert cascade.cfg.backbone == "DFormerv2_S" and cascade.cfg.decoder == "point"
 
 
 # ----------------------------------------------------------------------------- devices

@@ -170,6 +170,12 @@ _HEADS = [
 ]
 for _names, _decoder, _module, _cls in _HEADS:
     MODELS.register_module(_names, module=_head_factory(_module, _cls), info={"decoder": _decoder})
+# Parts of the PointRend cascade (mmseg: neck=FPN, decode_head=[FPNHead, PointHead]);
+# the ``point`` decoder holds both, so they have no decoder string of their own.
+MODELS.register_module("FPN", module=_head_factory("models.decoders.point_head", "FPN"),
+                       info={"part_of": "point"})
+MODELS.register_module("FPNHead", module=_head_factory("models.decoders.point_head", "FPNHead"),
+                       info={"part_of": "point"})
 
 
 def _build_segmentor(backbone=None, decode_head=None, auxiliary_head=None, num_classes=None,
