@@ -101,7 +101,7 @@ def test_api_smoke(capsys):
     """init_model / inference_model (== utils.api == evaluator) / show_result_pyplot /
     MMSegInferencer / tools/mmseg_infer.py on random RGB-D PNGs."""
     status = mmseg_api_smoke.main([])
-    assert _last_line(capsys) == "7 passed, 0 failed"
+    assert _last_line(capsys) == "8 passed, 0 failed"
     assert status == 0
 
 

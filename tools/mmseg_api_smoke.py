@@ -100,13 +100,9 @@ def check_inference(ctx):
     assert isinstance(results, list) and len(results) == len(ctx.pairs)
 
 
-def check_equal_engine(ctx):
-    """mmseg.apis.inference_model == utils.api.inference_model == evaluator on the dataset item."""
-    import jittor as jt
-    from mmseg.apis import inference_model
-    from utils import api
-    from utils.dataloader import RGBXDataset
-    from utils.engine.evaluator import predict_probs, probs_to_pred
+def check_equal_engine(ctx, pad_sun=False):
+    """mmseg.apis.inference_model == utils.api.inference_model == evaluator on the dataset item
+    (``pad_sun``: with the SUN RGB-D padding on, the evaluator's output cropped back)."""
     import copy
     from easydict import EasyDict
     cfg = EasyDict(copy.deepcopy(dict(ctx.model.cfg)))
@@ -118,6 +114,21 @@ def check_equal_engine(ctx):
     cfg.rgb_format = ".png"
     cfg.synthetic = False  # our own random files, not the generator's
     cfg.num_eval_imgs = len(ctx.pairs)
+    cfg.pad_SUNRGBD = pad_sun
+    saved_pad = ctx.model.cfg.get("pad_SUNRGBD", False)
+    ctx.model.cfg.pad_SUNRGBD = pad_sun
+    try:
+        _compare_paths(ctx, cfg, pad_sun)
+    finally:
+        ctx.model.cfg.pad_SUNRGBD = saved_pad
+
+
+def _compare_paths(ctx, cfg, pad_sun):
+    import jittor as jt
+    from mmseg.apis import inference_model
+    from utils import api
+    from utils.dataloader import RGBXDataset
+    from utils.engine.evaluator import predict_probs, probs_to_pred
     dataset = RGBXDataset(cfg, "val", augment=False)
     for position, (rgb, depth) in enumerate(ctx.pairs):
         ours = inference_model(ctx.model, {"img": rgb, "modal_x": depth})
@@ -129,7 +140,10 @@ def check_equal_engine(ctx):
             "preprocessing differs from the dataset's evaluation item"
         with jt.no_grad():
             total, passes = predict_probs(ctx.model, item["rgb"][None], item["depth"][None], cfg)
-        pred_eval = probs_to_pred(total)[0]
+        h, w = ours.pred_sem_seg.shape
+        if pad_sun:
+            assert item["rgb"].shape[1:] == (531, 730), item["rgb"].shape
+        pred_eval = probs_to_pred(total)[0, :h, :w]
         assert np.array_equal(ours.pred_sem_seg.data[0], pred_api), "mmseg != utils.api prediction"
         assert np.array_equal(pred_api, pred_eval), "utils.api != evaluator prediction"
         probs = np.exp(ours.seg_logits.data)
@@ -204,6 +218,7 @@ def main(argv=None):
         checks = [("init_model (cuda:0 falls back to cpu)", lambda: check_init(ctx)),
                   ("inference_model sizes (odd size, dict/tuple/list inputs)", lambda: check_inference(ctx)),
                   ("inference_model == utils.api == evaluator on the dataset item", lambda: check_equal_engine(ctx)),
+                  ("... also with the SUN RGB-D padding", lambda: check_equal_engine(ctx, pad_sun=True)),
                   ("missing depth is an InputError", lambda: check_missing_depth(ctx)),
                   ("show_result_pyplot", lambda: check_show(ctx)),
                   ("MMSegInferencer (pair, list, folder pair, out_dir)", lambda: check_inferencer(ctx))]
