@@ -9,8 +9,8 @@ included), then checks, one PASS/FAIL line each:
 * ``init_model`` (device 'cuda:0' falls back to the CPU; ``dataset_meta``, ``cfg``);
 * ``inference_model`` output sizes, and equality of its prediction with
   ``utils.api.inference_model`` and with the evaluator run on the *dataset's own*
-  evaluation item of the same files (same preprocessing: BGR order, ImageNet
-  normalisation, depth ``(d/255 - 0.48)/0.28``);
+  evaluation item of the same files, also with the SUN RGB-D padding on (same
+  preprocessing: BGR order, ImageNet normalisation, depth ``(d/255 - 0.48)/0.28``);
 * a missing depth is an error;
 * ``show_result_pyplot`` and ``MMSegInferencer`` (single pair, list, folder pair,
   ``out_dir/vis`` and ``out_dir/pred``);
