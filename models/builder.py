@@ -87,6 +87,9 @@ class EncoderDecoder(nn.Module):
         if label is None:
             return out
         loss = self.criterion(out, label)
+        extra_loss = getattr(self.decode_head, "extra_loss", None)
+        if extra_loss is not None:  # e.g. the PointRend point loss
+            loss = loss + extra_loss(label)
         if aux is not None and self.aux_rate:
             loss = loss + self.aux_rate * self.criterion(aux, label)
         return loss

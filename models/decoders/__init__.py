@@ -5,9 +5,13 @@ from .fcn_head import FCNHead
 from .uper_head import UPerHead
 from .deeplabv3plus import DeepLabV3Plus
 from .nl_head import NLHead
+from .psa_head import PSAHead, default_mask_size
+from .cc_head import CCHead
+from .point_head import PointRendHead
 
 __all__ = ["BaseDecodeHead", "Hamburger", "LightHamHead", "NMF2D", "MLPDecoder", "FCNHead",
-           "UPerHead", "DeepLabV3Plus", "NLHead", "DECODERS", "AUX_INDEX", "build_decode_head",
+           "UPerHead", "DeepLabV3Plus", "NLHead", "PSAHead", "CCHead", "PointRendHead",
+           "DECODERS", "AUX_INDEX", "build_decode_head",
            "init_decoder_weights"]
 
 # Stage index the auxiliary FCN head reads (the reference's ``aux_index``).
@@ -46,6 +50,28 @@ def _build_nl(cfg, channels, norm):
     return head, _aux_fcn(channels, cfg, norm), 0.4
 
 
+def _build_psa(cfg, channels, norm):
+    mask = cfg.get("psa_mask_size") or default_mask_size(cfg)
+    head = PSAHead(channels[1:], cfg.num_classes, channels=512, in_index=(1, 2, 3),
+                   mask_size=tuple(mask), psa_type=cfg.get("psa_type", "bi-direction"), **norm)
+    return head, _aux_fcn(channels, cfg, norm), 0.4
+
+
+def _build_cc(cfg, channels, norm):
+    head = CCHead(channels[1:], cfg.num_classes, channels=512, in_index=(1, 2, 3),
+                  recurrence=cfg.get("cc_recurrence", 2), **norm)
+    return head, _aux_fcn(channels, cfg, norm), 0.4
+
+
+def _build_point(cfg, channels, norm):
+    head = PointRendHead(channels, cfg.num_classes, ignore_index=cfg.get("background", 255),
+                         num_points=cfg.get("point_num_points", 2048),
+                         subdivision_steps=cfg.get("point_subdivision_steps", 2),
+                         subdivision_num_points=cfg.get("point_subdivision_num_points", 8196),
+                         **norm)
+    return head, None, 0.0
+
+
 def _build_fcn(cfg, channels, norm):
     head = FCNHead(channels[-1], kernel_size=3, num_classes=cfg.num_classes, in_index=-1, **norm)
     return head, None, 0.0
@@ -59,6 +85,9 @@ DECODERS = {
     "UPernet": _build_uper,
     "deeplabv3+": _build_deeplab,
     "nl": _build_nl,
+    "psa": _build_psa,
+    "cc": _build_cc,
+    "point": _build_point,
 }
 
 

@@ -1,0 +1,1 @@
+"""Command-line tools (importable so the test suite can run the smokes)."""
