@@ -13,6 +13,10 @@ a second pipeline. This package is *not* mmsegmentation: installing the real
 RGB-D inputs: ``{'img': rgb, 'modal_x': depth}`` or ``(rgb, depth)``, each a path or
 an array (RGB in OpenCV's BGR order, depth 8-bit); a missing depth is an error.
 """
+from utils import runtime
+
+runtime.setup()  # an entry point: set up CPU/CUDA and oneDNN before jittor loads
+
 __version__ = "1.2.2+dformer.jittor"
 
 __all__ = ["__version__"]

@@ -19,10 +19,11 @@ import sys
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+if __package__ in (None, ""):  # run as a script
+    import repo_root  # noqa: F401  (the repository root onto sys.path)
 
-from utils import runtime  # noqa: E402  (before jittor)
+from utils import runtime  # noqa: E402
+runtime.setup()  # before jittor is imported
 
 PACKAGES = ("models", "utils", "mmseg", "local_configs", "tools")
 SCRIPTS = ("benchmark",)

@@ -15,8 +15,11 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+if __package__ in (None, ""):  # run as a script
+    import repo_root  # noqa: F401  (the repository root onto sys.path)
+
+from utils import runtime  # noqa: E402
+runtime.setup()  # before jittor is imported
 
 from utils.errors import InputError, run_cli  # noqa: E402
 

@@ -21,7 +21,8 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from ..layers import ConvModule, resize
+from ..layers import ConvModule
+from ..ops import resize
 from ..losses import cross_entropy
 from .ham_head import configure_norms, init_decoder_weights
 

@@ -21,7 +21,7 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from ..layers import resize
+from ..ops import resize
 from .ham_head import BaseDecodeHead
 
 __all__ = ["psa_mask_index", "psa_mask", "PSAHead", "default_mask_size"]

@@ -1,0 +1,1 @@
+../utils/repo_root.py
