@@ -32,7 +32,7 @@ def eval_shape(cfg):
 
 def benchmark(config, shape=None):
     """Counts for ``config`` (dotted name or path) as a plain dict."""
-    from local_configs import load_config
+    from utils.config import load_config
     from models.builder import EncoderDecoder
     from utils.flops import count_flops, count_params
 
@@ -93,6 +93,7 @@ def main(argv=None):
     parser.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"),
                         help="input size for both counts (default: evaluation size / 480x640)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
     args = parser.parse_args(argv)
     res = benchmark(args.config, args.shape)
     if args.json:
@@ -102,4 +103,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import run_cli
+    run_cli(main)

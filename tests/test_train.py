@@ -25,6 +25,7 @@ from local_configs import load_config
 from local_configs._base_ import dataset_paths, finalize
 from models.layers import BatchNorm2d, DropPath
 from utils.checkpoint import CheckpointError, read_checkpoint
+from utils.errors import ConfigError
 from utils.engine.logger import NullWriter, get_logger
 from utils.engine.optim import (SGDM, AdamW, WarmUpPolyLR, build_optimizer, group_parameters)
 from utils.engine.trainer import (TrainOptions, Trainer, ZeroDepth, reference_val_due,
@@ -524,7 +525,7 @@ def test_cli_errors():
     from utils.train import build_parser, check_world
     args = build_parser().parse_args(["--config", "x", "--resume"])
     assert args.resume == "latest"
-    with pytest.raises(SystemExit, match="mpirun -np 2"):
+    with pytest.raises(ConfigError, match="mpirun -np 2"):
         check_world(build_parser().parse_args(["--config", "x", "--gpus", "2"]))
 
 

@@ -9,21 +9,28 @@ dformer_python() {
 }
 
 # The checkpoint a run of config $1 left: <log_dir>/best.pkl (the quick start's fixed
-# folder), else the newest <log_dir>/<timestamp>/best.pkl.
+# folder), else the newest <log_dir>/<timestamp>/best.pkl. An unknown config prints one
+# `error:` line (utils/errors.py) and ends the calling script with status 2.
 dformer_default_checkpoint() {
-  local run_dir newest
-  run_dir="checkpoints/$("$PY" -c "from local_configs import load_config; c = load_config('$1'); print(c.dataset_name + '_' + c.backbone)")"
+  local run_dir newest name
+  name=$("$PY" -c 'import sys
+from utils.config import load_config
+from utils.errors import run_cli
+def main(argv):
+    c = load_config(argv[0])
+    print(c.dataset_name + "_" + c.backbone)
+run_cli(main, sys.argv[1:])' "$1") || exit 2
+  run_dir="checkpoints/$name"
   if [ -f "$run_dir/best.pkl" ]; then echo "$run_dir/best.pkl"; return; fi
   newest=$(ls -t "$run_dir"/*/best.pkl 2>/dev/null | head -n 1 || true)
   echo "${newest:-$run_dir/best.pkl}"
 }
 
-# Fail with a hint when the checkpoint $1 is missing ($2: script name, $3: config).
+# Fail with one `error:` line when the checkpoint $1 is missing ($2: script name, $3: config).
 dformer_require_checkpoint() {
   if [ ! -f "$1" ]; then
-    echo "[$2] checkpoint not found: $1" >&2
-    echo "[$2] train one first (bash train.sh, or python utils/train.py --config $3) or set CHECKPOINT=path" >&2
-    exit 1
+    echo "error: checkpoint not found: $1; train one first (bash train.sh, or python utils/train.py --config $3) or set CHECKPOINT=path" >&2
+    exit 2
   fi
 }
 

@@ -74,7 +74,7 @@ def matmul_peak_gflops(n=None, runs=5):
 
 def measure(config, shape=(480, 640), batch=1, warmup=3, iters=10, efficiency=False):
     """Latency figures of ``config`` as a dict (times in ms, first call in s)."""
-    from local_configs import load_config
+    from utils.config import load_config
     from models.builder import EncoderDecoder
 
     device = runtime.init_device()
@@ -123,7 +123,7 @@ def measure_train(config, shape=(240, 320), batch=2, warmup=1, iters=5):
     utils/engine/trainer.py. Inputs and the label (uniform over the classes)
     are random, drawn once.
     """
-    from local_configs import load_config
+    from utils.config import load_config
     from models.builder import EncoderDecoder
     from utils.engine.optim import build_optimizer, group_parameters
 
@@ -210,6 +210,7 @@ def main(argv=None):
                         help="also measure the fp32 matmul peak and report the model's share of it")
     parser.add_argument("--train", action="store_true",
                         help="time training iterations (forward + backward + AdamW) instead")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
     args = parser.parse_args(argv)
     shape = args.shape or ((240, 320) if args.train else (480, 640))
     batch = args.batch or (2 if args.train else 1)
@@ -225,4 +226,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from utils.errors import run_cli
+    run_cli(main)
