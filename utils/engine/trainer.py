@@ -285,6 +285,7 @@ class Trainer:
         self._saved_iteration = None
         self._skipped = []              # iterations skipped for a non-finite loss
         self._updating = False          # inside the optimiser step: the weights are in flux
+        self._buffers = None            # forward-updated tensors before this iteration
         self.resume_command = None      # shown when a run fails (utils/train.py sets it)
 
     # -- paths
@@ -547,6 +548,7 @@ class Trainer:
         """
         t = self.iteration
         start = time.time()
+        self._snapshot_buffers()
         seed_iteration(self.opts.seed, t)
         lr = self.schedule.lr_for_step(t)
         self.optimizer.set_lr(lr)
@@ -567,10 +569,26 @@ class Trainer:
             jt.sync_all()
             self._updating = False
         else:
+            self._undo_iteration()
             self._skip_non_finite(t, value)
         self.iteration = t + 1
         self.iter_seconds.append(time.time() - start)
         return value
+
+    def _snapshot_buffers(self):
+        """Copy the tensors the forward pass itself updates (BatchNorm running statistics,
+        i.e. the stop-grad ones) so that a non-finite batch can be undone completely."""
+        self._buffers = {k: (v, v.numpy()) for k, v in self.model.state_dict().items()
+                         if v.is_stop_grad()}
+
+    def _undo_iteration(self):
+        """Forget a batch after its backward pass: restore the forward-updated tensors, drop
+        the gradients and the optimiser's step count (Adam's bias correction uses it)."""
+        for var, value in (self._buffers or {}).values():
+            var.update(jt.array(value))
+        self.optimizer.zero_grad()
+        self.optimizer.n_step -= 1
+        jt.sync_all()
 
     def _skip_non_finite(self, t, value):
         """Drop the gradients of a batch with a NaN/inf loss, or stop if no skip is left."""
@@ -582,7 +600,6 @@ class Trainer:
                 f"loss is {value} at iteration {t} (epoch {epoch + 1}, batch {idx}): training "
                 f"stopped before that step, the weights are intact; check the data (a batch "
                 f"without a valid label gives NaN) or lower the lr ({allowed})")
-        self.optimizer.zero_grad()
         self._skipped.append(t)
         self.logger.warning(f"loss is {value} at iteration {t} (epoch {epoch + 1}, batch "
                             f"{idx}): batch skipped, no update ({len(self._skipped)} of at "
