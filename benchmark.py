@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from utils import runtime  # noqa: E402,F401  (must precede jittor)
+from utils.errors import ArgumentParser, run_cli  # noqa: E402
 
 PAPER_SHAPE = (480, 640)   # the reference's utils/benchmark.py input, for every config
 
@@ -87,7 +88,7 @@ def format_table(res):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True,
                         help="e.g. local_configs.NYUDepthv2.DFormer_Base (or a path to it)")
     parser.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"),
@@ -103,5 +104,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from utils.errors import run_cli
     run_cli(main)

@@ -25,13 +25,13 @@ from utils import runtime  # noqa: E402  (before jittor)
 import jittor as jt  # noqa: E402
 
 from utils.config import load_config  # noqa: E402
-from utils.errors import ConfigError, run_cli  # noqa: E402
+from utils.errors import ArgumentParser, ConfigError, run_cli  # noqa: E402
 from utils.metrics import format_metrics_table  # noqa: E402
 from utils.engine.evaluator import MST_SCALES, evaluate, is_main_process  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Evaluate a DFormer/DFormerv2 checkpoint (mIoU etc.).")
+    p = ArgumentParser(description="Evaluate a DFormer/DFormerv2 checkpoint (mIoU etc.).")
     p.add_argument("--config", required=True,
                    help="config name, e.g. local_configs.NYUDepthv2.DFormer_Large")
     p.add_argument("--checkpoint", required=True, help="trained weights: official .pth or our .pkl")

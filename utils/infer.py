@@ -30,14 +30,14 @@ from utils import runtime  # noqa: E402,F401  (before jittor)
 from utils.api import (InputError, MST_SCALES, check_sizes, inference_model, init_model,  # noqa: E402
                        read_depth, read_label, read_rgb)
 from utils import visualize as vis  # noqa: E402
-from utils.errors import CheckpointError, run_cli  # noqa: E402
+from utils.errors import ArgumentParser, CheckpointError, run_cli  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 OUTPUT_KINDS = ("pred", "color", "overlay", "panel")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="DFormer/DFormerv2 inference with visualisations.")
+    p = ArgumentParser(description="DFormer/DFormerv2 inference with visualisations.")
     p.add_argument("--config", required=True, help="config name, e.g. local_configs.NYUDepthv2.DFormer_Large")
     p.add_argument("--checkpoint", required=True, help="trained weights: official .pth or our .pkl")
     src = p.add_argument_group("inputs (choose one)")

@@ -33,6 +33,7 @@ if __package__ in (None, ""):   # run as a script: import from the repository ro
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from utils import runtime  # noqa: E402  (must precede jittor)
+from utils.errors import ArgumentParser, run_cli  # noqa: E402
 
 import numpy as np  # noqa: E402
 import jittor as jt  # noqa: E402
@@ -198,7 +199,7 @@ def format_report(res):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="e.g. local_configs.NYUDepthv2.DFormer_Tiny")
     parser.add_argument("--shape", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="input size (default 480 640; 240 320 with --train)")
@@ -226,5 +227,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from utils.errors import run_cli
     run_cli(main)

@@ -30,7 +30,7 @@ from utils import runtime  # noqa: E402  (must precede the jittor import)
 import jittor as jt  # noqa: E402
 
 from utils.config import load_config  # noqa: E402
-from utils.errors import CheckpointError, ConfigError, UserError, run_cli  # noqa: E402
+from utils.errors import ArgumentParser, CheckpointError, ConfigError, UserError, run_cli  # noqa: E402,E501
 
 
 def str2bool_flag(parser, name, default, help_text):
@@ -39,7 +39,7 @@ def str2bool_flag(parser, name, default, help_text):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Train DFormer/DFormerv2 (Jittor).",
+    p = ArgumentParser(description="Train DFormer/DFormerv2 (Jittor).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", required=True,
                    help="config module, e.g. local_configs.NYUDepthv2.DFormer_Tiny")
@@ -162,7 +162,10 @@ def build_model(cfg, args, resuming, logger):
     """The segmentor (+ ZeroDepth wrapper): ImageNet weights unless resuming."""
     from models.builder import EncoderDecoder
     from utils.engine.trainer import ZeroDepth
-    model = EncoderDecoder(cfg, load_pretrained=not resuming, sync_bn=args.syncbn)
+    try:
+        model = EncoderDecoder(cfg, load_pretrained=not resuming, sync_bn=args.syncbn)
+    except FileNotFoundError as exc:  # the pretrained backbone file
+        raise CheckpointError(str(exc)) from None
     report = getattr(model, "pretrained_report", None)
     if report is not None:
         logger.info(f"Pretrained backbone {cfg.pretrained_model}: {report.summary()}")

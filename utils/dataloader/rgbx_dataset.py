@@ -125,10 +125,9 @@ class SampleFiles:
         """Fail early, listing the first missing files, if any sample lacks a file."""
         missing = [p for name in names for p in self.paths(name).values() if not osp.isfile(p)]
         if missing:
-            shown = "\n  ".join(missing[:10])
-            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-            raise DataError(f"{len(missing)} file(s) listed in {split_path} are missing:\n  "
-                            f"{shown}{more}")
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise DataError(f"{len(missing)} file(s) listed in {split_path} are missing: "
+                            f"{', '.join(missing[:3])}{more}; check dataset_path or the list")
 
     def load(self, name):
         """Decoded (rgb HxWx3 uint8, depth HxWx3 uint8, label HxW uint8, rgb path).
