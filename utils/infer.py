@@ -182,10 +182,12 @@ def collect_jobs(args, cfg):
 
 
 def check_single_inputs(args):
-    """Fail fast, before the model is loaded, when a file of a single pair is missing."""
+    """Fail fast, before the model is loaded, when a file of a single pair is missing or
+    cannot be read."""
     for what, path in (("RGB", args.rgb), ("depth", args.depth), ("label", args.label)):
         if path and not os.path.isfile(path):
             raise InputError(f"{what} file not found: {path}")
+    check_sizes(read_rgb(args.rgb)[0], read_depth(args.depth)[0], args.rgb, args.depth)
 
 
 def setup(args):
@@ -196,8 +198,11 @@ def setup(args):
     cfg = load_config(args.config, args.cfg_options)
     if not os.path.isfile(args.checkpoint):
         raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
+    if not args.split:  # inputs first: a wrong folder fails before the model loads
+        jobs, skipped, notes = collect_jobs(args, cfg)
     model = init_model(cfg, args.checkpoint, device=None if args.device == "auto" else args.device)
-    jobs, skipped, notes = collect_jobs(args, model.cfg)
+    if args.split:
+        jobs, skipped, notes = collect_jobs(args, model.cfg)
     return model, model.cfg, jobs, skipped, notes
 
 
