@@ -667,8 +667,8 @@ def test_kill_and_resume_equals_uninterrupted(e2e):
 
 def _latest_first_use(cfg, epoch, batch_size):
     """(name, batch index) of the training file whose first use in ``epoch`` is latest."""
-    from utils.dataloader import RGBXDataset
-    ds = RGBXDataset(cfg, "train")
+    from utils.dataloader import build_train_loader
+    ds = build_train_loader(cfg, num_workers=0)
     first = {}
     for k, index in enumerate(ds.epoch_indices(epoch)):
         e, position = divmod(int(index), ds.num_samples)
@@ -693,7 +693,7 @@ def test_data_error_mid_epoch_then_resume_equals_uninterrupted(e2e):
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert f"Label/{name}.png" in errors[0] and f"iteration {k} " in errors[0]
+    assert f"Label/{name}.png" in errors[0] and f"iteration {k} " in errors[0], errors[0]
     assert f"--work-dir {work} --resume" in errors[0]
     assert read_checkpoint(str(work / "latest.pkl"))["iteration"] == k
     label.write_bytes(good)
