@@ -165,7 +165,17 @@ def _tune_malloc():
     MALLOC_STATUS = "no mmap, trim threshold 1 GiB" if ok else "mallopt failed"
 
 
+def _cache_float_limits():
+    """Compute numpy's float limits now, before Jittor's ``-Ofast`` kernels switch threads to
+    flush-to-zero: ``np.finfo`` caches them, so later calls (in numpy, tqdm, evaluation)
+    neither see a zero "smallest subnormal" nor warn about it."""
+    import numpy as np
+    for dtype in (np.float16, np.float32, np.float64, np.longdouble):
+        np.finfo(dtype)
+
+
 def _configure():
+    _cache_float_limits()
     if "jittor" in sys.modules:
         warnings.warn("utils.runtime imported after jittor: the CPU/CUDA and oneDNN set-up "
                       "may not take effect.", RuntimeWarning, stacklevel=3)
