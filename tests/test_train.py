@@ -575,7 +575,7 @@ def test_flush_to_zero_brings_no_numpy_subnormal_warnings():
     code = ("from utils import runtime\nimport numpy as np\n"
             "from utils.engine.trainer import enable_flush_to_zero\n"
             "assert enable_flush_to_zero()\n"
-            "assert np.finfo(np.float32).smallest_subnormal > 0 and np.finfo(np.float64).eps\n")
+            "str(np.finfo(np.float32)), str(np.finfo(np.float64))\n")
     proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code],
                           env=child_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "subnormal" not in proc.stderr, proc.stderr[-2000:]
