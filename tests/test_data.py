@@ -230,7 +230,7 @@ def test_resumed_epoch_reproduces_batches(tmp_path):
         not np.array_equal(other[0]["rgb"], full[0]["rgb"])
 
 
-def test_worker_processes_deliver_the_same_batches_in_order(tmp_path):
+def test_worker_threads_deliver_the_same_batches_in_order(tmp_path):
     cfg = tiny_dataset(tmp_path, niters_per_epoch=5)
     serial = build_train_loader(cfg, num_workers=0)
     pooled = build_train_loader(cfg, num_workers=2)

@@ -33,7 +33,7 @@ __all__ = ["InputError", "MST_SCALES", "check_sizes", "inference_model", "init_m
            "override_config", "preprocess", "read_depth", "read_label", "read_rgb"]
 
 
-from utils.errors import CheckpointError, InputError  # noqa: E402  (InputError re-exported)
+from utils.errors import CheckpointError, ConfigError, InputError  # noqa: E402  (InputError re-exported)
 
 
 # ----------------------------------------------------------------------------- model
@@ -42,7 +42,7 @@ def _select_device(device):
     if device in (None, "auto"):
         return runtime.init_device()
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     return runtime.init_device(device == "cuda")
 
 
