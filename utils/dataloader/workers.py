@@ -6,10 +6,15 @@ The loader used to fork a ``multiprocessing.Pool`` lazily, from a process that a
 Jittor's and OpenMP's threads and had installed the trainer's SIGINT/SIGTERM handlers. The
 forked workers inherited those handlers, so ``Pool.terminate()`` (also run at interpreter
 exit) could wait forever on a worker that ignored its SIGTERM, and a worker that died left
-the pool waiting for a result that never came. Threads share the process: there is nothing
-to fork, nothing to inherit and nothing to reap. The work here is OpenCV decoding and
-resizing plus numpy array arithmetic, which release the GIL, and Jittor releases it while
-it computes, so threads keep up with the processes they replace (README, "Data loading").
+the pool waiting for a result that never came. Worker *processes* have a second problem in
+a Jittor process: Jittor's own SIGCHLD handler ends the whole process at once ("Caught
+SIGCHLD ... quick exit", nothing saved) when any child dies from a signal other than
+SIGTERM, so an out-of-memory kill of one worker would take the run down with it. Threads
+share the process: nothing is forked, inherited or reaped, and the only way to lose a worker
+is an exception, which is reported. The cost: Jittor keeps the GIL while it executes, so
+batches are prepared between (not during) Jittor's computations; decoding, resizing and the
+numpy arithmetic release the GIL, so the workers still run in parallel with each other.
+Measurements are in the README ("Data loading").
 
 Failure behaviour
 -----------------
