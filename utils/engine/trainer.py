@@ -429,7 +429,10 @@ class Trainer:
                 epoch, first = divmod(self.iteration, self.niters)
                 reason = self.train_epoch(epoch + 1, first, end, bar)
         except Exception as exc:
-            raise self._after_failure(exc) from exc
+            reported = self._after_failure(exc)
+            if reported is exc:
+                raise
+            raise reported from exc
         finally:
             bar.close()
             self.stop.uninstall()
