@@ -31,6 +31,7 @@ def assert_one_error_line(proc, *fragments):
     assert proc.returncode == 2, out[-3000:]
     assert len(lines) == 1, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == lines[0], out[-3000:]  # nothing after it
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]

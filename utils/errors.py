@@ -73,7 +73,8 @@ def run_cli(main, argv=None):
         if debug:
             raise
         if mpi_rank() == 0:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
         if debug:
