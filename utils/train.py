@@ -54,7 +54,7 @@ def build_parser():
     p.add_argument("--batch-size-override", type=int, default=None,
                    help="override C.batch_size (global); iterations per epoch are re-derived")
     p.add_argument("--num-workers-override", type=int, default=None,
-                   help="override C.num_workers (data loader processes)")
+                   help="override C.num_workers (data loader threads; 0: load in the main thread)")
     str2bool_flag(p, "mst", True, "validate with 5 scales + flip (the reference's default)")
     str2bool_flag(p, "amp", None, "mixed precision training on CUDA (default off, as the "
                   "official train.sh); ignored on CPU")
