@@ -18,6 +18,7 @@ import json
 
 from utils import runtime  # noqa: E402
 runtime.setup()  # before jittor is imported
+from utils.errors import ArgumentParser, run_cli  # noqa: E402
 
 PAPER_SHAPE = (480, 640)   # the reference's utils/benchmark.py input, for every config
 
@@ -29,7 +30,7 @@ def eval_shape(cfg):
 
 def benchmark(config, shape=None):
     """Counts for ``config`` (dotted name or path) as a plain dict."""
-    from local_configs import load_config
+    from utils.config import load_config
     from models.builder import EncoderDecoder
     from utils.flops import count_flops, count_params
 
@@ -84,12 +85,13 @@ def format_table(res):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True,
                         help="e.g. local_configs.NYUDepthv2.DFormer_Base (or a path to it)")
     parser.add_argument("--shape", type=int, nargs=2, metavar=("H", "W"),
                         help="input size for both counts (default: evaluation size / 480x640)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
     args = parser.parse_args(argv)
     res = benchmark(args.config, args.shape)
     if args.json:
@@ -99,4 +101,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

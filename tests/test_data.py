@@ -1,8 +1,11 @@
 """Data pipeline: bit-exact preprocessing, aligned augmentation, reproducible epochs,
 loud failures on bad data, and the synthetic dataset generator."""
 import glob
+import multiprocessing
 import os
 import os.path as osp
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -227,7 +230,7 @@ def test_resumed_epoch_reproduces_batches(tmp_path):
         not np.array_equal(other[0]["rgb"], full[0]["rgb"])
 
 
-def test_worker_processes_deliver_the_same_batches_in_order(tmp_path):
+def test_worker_threads_deliver_the_same_batches_in_order(tmp_path):
     cfg = tiny_dataset(tmp_path, niters_per_epoch=5)
     serial = build_train_loader(cfg, num_workers=0)
     pooled = build_train_loader(cfg, num_workers=2)
@@ -385,3 +388,166 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
         syn.generate_dataset(str(tmp_path / "Synth"), train=2, test=1, height=32, width=32,
                              verbose=False)
     assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- parallel loading
+
+def _loader_threads():
+    return [t for t in threading.enumerate() if "-loader-" in t.name]
+
+
+def _wait_no_loader_threads(limit=5.0):
+    deadline = time.monotonic() + limit
+    while _loader_threads():
+        assert time.monotonic() < deadline, f"loader threads still alive: {_loader_threads()}"
+        time.sleep(0.01)
+
+
+def test_parallel_loader_stress_errors_and_shutdown_are_bounded(tmp_path):
+    """50 cycles: start, read a few batches, abandon a pass; start again and run into an
+    unreadable file in a worker; every cycle ends in seconds with no thread or process left."""
+    cfg = tiny_dataset(tmp_path, n=8, niters_per_epoch=6)
+    with open(osp.join(cfg.gt_root_folder, "img6.png"), "wb") as f:
+        f.write(b"broken")
+    loader = build_train_loader(cfg, num_workers=3, shuffle=False)  # img6 is in batch 3
+    start = time.monotonic()
+    children = set(multiprocessing.active_children())  # e.g. Jittor's compiler pool
+    for cycle in range(50):
+        t0 = time.monotonic()
+        loader.set_epoch(cycle)
+        batches = iter(loader)
+        assert [next(batches)["fn"] for _ in range(2)][1][0].endswith("img2.png")
+        del batches  # dropping a pass mid-epoch stops its workers
+        _wait_no_loader_threads()
+        loader.set_epoch(cycle)
+        seen = []
+        with pytest.raises(DataError, match=r"unreadable or corrupt image: .*Label/img6\.png"):
+            for batch in loader:
+                seen.append(batch["fn"])
+        assert len(seen) == 3  # the batches before the bad one arrive, in order
+        _wait_no_loader_threads()
+        assert time.monotonic() - t0 < 10, f"cycle {cycle} took {time.monotonic() - t0:.1f}s"
+    assert time.monotonic() - start < 50
+    assert set(multiprocessing.active_children()) <= children  # nothing was forked
+
+
+def test_worker_failure_is_raised_in_order_not_hung(tmp_path, monkeypatch):
+    """Threads replace processes, so a killed worker process cannot happen (an OOM kill ends
+    the whole run); the equivalents are a worker raising and a read that never returns."""
+    cfg = tiny_dataset(tmp_path, n=6, niters_per_epoch=3)
+    loader = build_train_loader(cfg, num_workers=2, shuffle=False)
+    original = loader.files.load
+
+    def flaky(name):
+        if name == "img3":
+            raise MemoryError("simulated: out of memory while decoding")
+        return original(name)
+
+    monkeypatch.setattr(loader.files, "load", flaky)
+    got = []
+    with pytest.raises(MemoryError, match="simulated"):
+        for batch in loader:
+            got.append(batch["fn"])
+    assert len(got) == 1
+    _wait_no_loader_threads()
+
+
+def test_stuck_read_times_out_with_the_files_named(tmp_path, monkeypatch):
+    from utils.dataloader.workers import LoaderTimeout
+    cfg = tiny_dataset(tmp_path, n=6, niters_per_epoch=3, loader_timeout=1.0)
+    loader = build_train_loader(cfg, num_workers=2, shuffle=False)
+    release = threading.Event()
+    original = loader.files.load
+
+    def stuck(name):
+        if name == "img2":
+            release.wait(60)  # a read on a dead network mount
+        return original(name)
+
+    monkeypatch.setattr(loader.files, "load", stuck)
+    t0 = time.monotonic()
+    batches = iter(loader)
+    next(batches)
+    with pytest.raises(LoaderTimeout, match=r"batch 1 within 1s \(.*RGB/img2\.png"):
+        next(batches)
+    assert time.monotonic() - t0 < 6  # timeout + bounded shutdown, whatever the stuck thread does
+    release.set()
+    _wait_no_loader_threads()
+
+
+def test_prefetcher_orders_and_bounds_lookahead():
+    from utils.dataloader.workers import OrderedPrefetcher
+    started = []
+
+    def load(k):
+        started.append(k)
+        time.sleep(0.002 * (k % 3))  # finish out of order
+        return k * 10
+
+    pre = OrderedPrefetcher(load, range(40), workers=4, ahead=3)
+    out = []
+    for value in pre:
+        out.append(value)
+        assert max(started) <= len(out) + 3  # never more than `ahead` beyond the consumer
+    assert out == [k * 10 for k in range(40)] and pre.alive_workers() == 0
+
+
+# ----------------------------------------------------------------------------- depth formats
+
+def _matplotlib_grey(depth, path):
+    """What the official depth PNGs are: matplotlib's imsave with the grey map, read back."""
+    mpl = pytest.importorskip("matplotlib")
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+    plt.imsave(path, depth.astype(np.float64), cmap="gray")
+    return cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+
+
+def test_16bit_and_float_depth_normalised_like_the_official_pngs(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    mm = rng.integers(400, 9000, (60, 80)).astype(np.uint16)
+    mm[10:20, 10:20] = 650
+    want = _matplotlib_grey(mm, str(tmp_path / "official.png"))
+    T._NOTED.clear()
+    got = T.depth_to_uint8(mm, "a.png")
+    np.testing.assert_array_equal(got, want)
+    assert got.min() == 0 and got.max() == 255 and got[15, 15] < got.mean()  # near = dark
+    metres = mm.astype(np.float32) / 1000
+    np.testing.assert_array_equal(T.depth_to_uint8(metres, "b.npy"), want)
+    err = capsys.readouterr().err
+    assert err.count("16-bit depth (a.png") == 1 and err.count("float depth (b.npy") == 1
+    T.depth_to_uint8(mm, "c.png")  # said once per kind
+    assert capsys.readouterr().err == ""
+    # files: 16-bit PNG, float .npy and float TIFF decode the same way
+    assert cv2.imwrite(str(tmp_path / "d16.png"), mm)
+    np.save(tmp_path / "d.npy", metres)
+    assert cv2.imwrite(str(tmp_path / "d.tiff"), metres)
+    for name in ("d16.png", "d.npy", "d.tiff"):
+        np.testing.assert_array_equal(T.read_depth_file(str(tmp_path / name)), want, err_msg=name)
+    flat = T.depth_to_uint8(np.full((4, 4), 1234, np.uint16))
+    nan = T.depth_to_uint8(np.array([[np.nan, 1.0], [2.0, np.inf]]))
+    assert not flat.any() and nan.tolist() == [[0, 0], [255, 0]]
+
+
+def test_8bit_depth_path_is_unchanged(tmp_path):
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 256, (30, 40)).astype(np.uint8)
+    colour = rng.integers(0, 256, (30, 40, 3)).astype(np.uint8)
+    rgba = np.dstack([grey, grey, grey, np.full_like(grey, 255)])
+    for name, img in (("grey.png", grey), ("colour.png", colour), ("rgba.png", rgba),
+                      ("grey.jpg", grey)):
+        path = str(tmp_path / name)
+        assert cv2.imwrite(path, img)
+        np.testing.assert_array_equal(T.read_depth_file(path),
+                                      cv2.imread(path, cv2.IMREAD_GRAYSCALE), err_msg=name)
+    assert T.depth_to_uint8(grey) is grey
+
+
+def test_dataset_reads_16bit_depth(tmp_path):
+    cfg = tiny_dataset(tmp_path, n=2)
+    mm = np.random.default_rng(2).integers(500, 6000, (60, 80)).astype(np.uint16)
+    assert cv2.imwrite(osp.join(cfg.x_root_folder, "img1.png"), mm)
+    item = RGBXDataset(cfg, "val").get_sample(1)
+    u8 = T.depth_to_uint8(mm)
+    np.testing.assert_array_equal(item["depth"], T.to_chw_float32(T.normalize_depth(
+        np.dstack([u8, u8, u8]))))

@@ -14,7 +14,7 @@ import jittor as jt
 from local_configs import load_config
 from models.builder import build_model
 from utils.api import override_config
-from utils.checkpoint import atomic_save, model_state_numpy
+from utils.checkpoint import CheckpointError, atomic_save, model_state_numpy
 from utils.engine import evaluator as ev
 
 H, W = 64, 96
@@ -319,5 +319,5 @@ def test_eval_cli_bad_checkpoint(tiny, monkeypatch, tmp_path):
     from utils import eval as eval_cli
     monkeypatch.chdir(tiny[0])
     missing = str(tmp_path / "nope.pkl")
-    with pytest.raises(SystemExit, match="nope.pkl"):
+    with pytest.raises(CheckpointError, match="nope.pkl"):
         eval_cli.main(_eval_argv(missing, "--max-val-iters", "1"))

@@ -107,7 +107,7 @@ def test_depth_size_mismatch_names_file(setup, tmp_path):
     rgb_path, _ = pair(setup)
     small = str(tmp_path / "small_depth.png")
     cv2.imwrite(small, np.zeros((H // 2, W // 2), np.uint8))
-    with pytest.raises(SystemExit, match="small_depth.png"):
+    with pytest.raises(InputError, match="small_depth.png"):
         infer_cli.main(argv(setup, tmp_path / "o", "--rgb", rgb_path, "--depth", small))
 
 
@@ -115,13 +115,13 @@ def test_unreadable_rgb_names_file(setup, tmp_path):
     _, depth_path = pair(setup)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
-    with pytest.raises(SystemExit, match="broken.png"):
+    with pytest.raises(InputError, match="broken.png"):
         infer_cli.main(argv(setup, tmp_path / "o", "--rgb", str(broken), "--depth", depth_path))
 
 
 def test_missing_depth_names_file(setup, tmp_path):
     rgb_path, _ = pair(setup)
-    with pytest.raises(SystemExit, match="no_such_depth.png"):
+    with pytest.raises(InputError, match="no_such_depth.png"):
         infer_cli.main(argv(setup, tmp_path / "o", "--rgb", rgb_path,
                             "--depth", str(tmp_path / "no_such_depth.png")))
 

@@ -24,10 +24,11 @@ from local_configs import load_config
 from local_configs._base_ import dataset_paths, finalize
 from models.layers import BatchNorm2d, DropPath
 from utils.checkpoint import CheckpointError, read_checkpoint
+from utils.errors import ConfigError
 from utils.engine.logger import NullWriter, get_logger
 from utils.engine.optim import (SGDM, AdamW, WarmUpPolyLR, build_optimizer, group_parameters)
-from utils.engine.trainer import (TrainOptions, Trainer, ZeroDepth, reference_val_due,
-                                  seed_iteration)
+from utils.engine.trainer import (NonFiniteLossError, TrainOptions, Trainer, ZeroDepth,
+                                  reference_val_due, seed_iteration)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 HERE = osp.dirname(osp.abspath(__file__))
@@ -66,7 +67,8 @@ size_keys = ("ntrain", "epochs", "size")
 cfg = tiny_cfg(root, **{k: overrides.pop(k) for k in size_keys if k in overrides})
 cfg.update(overrides)
 if not exact:
-    sys.exit(main(args, cfg=cfg))
+    from utils.errors import run_cli
+    run_cli(lambda argv: main(argv, cfg=cfg), args)
 # Deterministic per-sample computation (for 1 vs N processes): every BN synchronised,
 # no dropout, the same fixed NMF bases for every sample.
 trainer, _ = build_trainer(build_parser().parse_args(args), cfg)
@@ -200,6 +202,20 @@ class ToyLoader:
                    "depth": jt.array(rng.standard_normal(shape).astype(np.float32)),
                    "label": jt.array(rng.integers(0, 3, (self.batch, self.size, self.size))
                                      .astype(np.int32))}
+
+
+class BadBatchLoader(ToyLoader):
+    """A ToyLoader whose batch ``bad`` = (epoch, index) holds a NaN (a loss of NaN)."""
+
+    def __init__(self, n, bad, **kw):
+        super().__init__(n, **kw)
+        self.bad = bad
+
+    def __iter__(self):
+        for i, batch in enumerate(super().__iter__(), self.start):
+            if (self.epoch, i) == self.bad:
+                batch["rgb"] = batch["rgb"] * float("nan")
+            yield batch
 
 
 def toy_cfg(**kw):
@@ -496,6 +512,72 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path):
     assert not glob.glob(str(tmp_path / ".tmp-*.pkl"))  # ...and removed by the next run
 
 
+def test_nonfinite_loss_stops_before_the_step_and_saves(tmp_path):
+    """NaN loss at iteration 4 (epoch 2, batch 1): latest.pkl holds the 4 good iterations,
+    exactly those of a clean run stopped there; the message names the iteration."""
+    trainer = toy_trainer(tmp_path / "nan")
+    trainer.train_loader = BadBatchLoader(3, bad=(2, 1))
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at iteration 4 \(epoch 2, batch 1\)"
+                       r".*saved .*latest\.pkl at iteration 4.*resume from iteration 4"):
+        trainer.train()
+    state = read_checkpoint(str(tmp_path / "nan" / "latest.pkl"))
+    assert state["iteration"] == 4
+    clean = toy_trainer(tmp_path / "clean", max_iters=4)
+    clean.train()
+    assert_same_state(tmp_path / "clean" / "latest.pkl", tmp_path / "nan" / "latest.pkl")
+    # with a skip allowed the run goes on, the bad batch makes no update
+    skipping = toy_trainer(tmp_path / "skip")
+    skipping.train_loader = BadBatchLoader(3, bad=(2, 1))
+    skipping.opts.skip_nonfinite = 1
+    assert skipping.train()["iteration"] == 6 and skipping._skipped == [4]
+    assert not [k for k, v in read_checkpoint(str(tmp_path / "skip" / "latest.pkl"))["model"].items()
+                if not np.isfinite(v).all()]
+
+
+def test_nan_weights_never_replace_a_good_checkpoint(tmp_path):
+    trainer = toy_trainer(tmp_path, max_iters=2)
+    trainer.train()
+    latest = tmp_path / "latest.pkl"
+    good = latest.read_bytes()
+    trainer.model.head.bias.update(jt.array(np.full((3,), np.nan, np.float32)))
+    with pytest.raises(NonFiniteLossError, match="head.bias.*not written"):
+        trainer.save(str(latest))
+    assert latest.read_bytes() == good
+
+
+def test_exception_in_the_loop_saves_the_completed_iterations(tmp_path):
+    trainer = toy_trainer(tmp_path)
+    original = trainer.run_iteration
+
+    def fail_at_5(batch):
+        if trainer.iteration == 5:
+            raise RuntimeError("simulated failure")
+        return original(batch)
+
+    trainer.run_iteration = fail_at_5
+    with pytest.raises(RuntimeError, match="simulated"):
+        trainer.train()
+    assert read_checkpoint(str(tmp_path / "latest.pkl"))["iteration"] == 5
+
+
+def test_resume_command_replaces_work_dir_and_resume():
+    from utils.train import resume_command
+    cmd = resume_command(["--config", "c", "--resume", "old/latest.pkl", "--work-dir=x",
+                          "--max-iters", "9"], "/runs/my run")
+    assert cmd == "python utils/train.py --config c --max-iters 9 --work-dir '/runs/my run' --resume"
+    assert resume_command(["--resume", "--no-mst"], "w").endswith("--no-mst --work-dir w --resume")
+
+
+def test_flush_to_zero_brings_no_numpy_subnormal_warnings():
+    code = ("from utils import runtime\nruntime.setup()\nimport numpy as np\n"
+            "from models.ops import flush_to_zero\n"
+            "assert flush_to_zero()\n"
+            "str(np.finfo(np.float32)), str(np.finfo(np.float64))\n")
+    proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code],
+                          env=child_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "subnormal" not in proc.stderr, proc.stderr[-2000:]
+
+
 def test_zero_depth_wrapper_feeds_zeros():
     seen = {}
 
@@ -521,7 +603,7 @@ def test_cli_errors():
     from utils.train import build_parser, check_world
     args = build_parser().parse_args(["--config", "x", "--resume"])
     assert args.resume == "latest"
-    with pytest.raises(SystemExit, match="mpirun -np 2"):
+    with pytest.raises(ConfigError, match="mpirun -np 2"):
         check_world(build_parser().parse_args(["--config", "x", "--gpus", "2"]))
 
 
@@ -587,6 +669,42 @@ def test_kill_and_resume_equals_uninterrupted(e2e):
         proc.cleanup()
     assert read_checkpoint(str(work / "latest.pkl"))["iteration"] < 6
     run_train(e2e.runner, e2e.root, work, args=("--val-every", "0", "--resume"))
+    assert_same_state(e2e.ref / "latest.pkl", work / "latest.pkl")
+
+
+def _latest_first_use(cfg, epoch, batch_size):
+    """(name, batch index) of the training file whose first use in ``epoch`` is latest."""
+    from utils.dataloader import build_train_loader
+    ds = build_train_loader(cfg, num_workers=0)
+    first = {}
+    for k, index in enumerate(ds.epoch_indices(epoch)):
+        e, position = divmod(int(index), ds.num_samples)
+        first.setdefault(ds.names[ds.file_index(e, position)], k // batch_size)
+    return max(first.items(), key=lambda item: item[1])
+
+
+def test_data_error_mid_epoch_then_resume_equals_uninterrupted(e2e):
+    """A corrupt label stops the run at iteration k with one error line (file, iteration,
+    resume command) and latest.pkl at k; fixed and resumed, it ends bit-identical."""
+    root = e2e.base / "data_broken"
+    shutil.copytree(e2e.root, root)
+    name, k = _latest_first_use(tiny_cfg(root), 1, 2)
+    assert k > 0
+    label = root / "SynthRGBD" / "Label" / f"{name}.png"
+    good = label.read_bytes()
+    label.write_bytes(b"not a png")
+    work = e2e.base / "data_error"
+    cmd = runner_cmd(e2e.runner, root, {"num_workers": 2},
+                     args=("--work-dir", str(work), "--val-every", "0"))
+    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"Label/{name}.png" in errors[0] and f"iteration {k} " in errors[0], errors[0]
+    assert f"--work-dir {work} --resume" in errors[0]
+    assert read_checkpoint(str(work / "latest.pkl"))["iteration"] == k
+    label.write_bytes(good)
+    run_train(e2e.runner, root, work, args=("--val-every", "0", "--resume"))
     assert_same_state(e2e.ref / "latest.pkl", work / "latest.pkl")
 
 

@@ -10,8 +10,8 @@ Example::
                                      scales=MST_SCALES, flip=True)           # probs (C, H, W)
 
 Inputs are what OpenCV reads: RGB as H x W x 3 uint8 in **BGR** order (``cv2.imread``),
-depth as H x W uint8 (per-image normalised, near = dark, as in the official PNGs), or
-file paths. The preprocessing is the evaluation pipeline's own
+depth as H x W uint8 (per-image normalised, near = dark, as in the official PNGs) or
+16-bit / float depth (normalised per image the same way, with a note), or file paths. The preprocessing is the evaluation pipeline's own
 (``utils.dataloader.transforms.EvalTransform``, channel order from ``cfg.color_order``,
 SUN RGB-D padding when ``cfg.pad_SUNRGBD``; the padding is cropped off the outputs).
 """
@@ -26,14 +26,15 @@ from utils import runtime
 runtime.setup()  # before jittor is imported
 import jittor as jt  # noqa: E402
 
-from utils.dataloader.transforms import SUN_PAD_SIZE, EvalTransform
+from utils.dataloader.transforms import (SUN_PAD_SIZE, EvalTransform, depth_to_uint8,
+                                         read_depth_file)
 from utils.engine.evaluator import MST_SCALES, predict_probs, probs_to_pred
 
 __all__ = ["InputError", "MST_SCALES", "check_sizes", "inference_model", "init_model",
            "override_config", "preprocess", "read_depth", "read_label", "read_rgb"]
 
 
-from utils.errors import InputError  # noqa: E402  (re-exported)
+from utils.errors import CheckpointError, ConfigError, InputError  # noqa: E402  (InputError re-exported)
 
 
 # ----------------------------------------------------------------------------- model
@@ -42,13 +43,13 @@ def _select_device(device):
     if device in (None, "auto"):
         return runtime.init_device()
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     return runtime.init_device(device == "cuda")
 
 
 def _resolve_config(config):
     from easydict import EasyDict
-    from local_configs import load_config
+    from utils.config import load_config
     if isinstance(config, str):
         return load_config(config)
     if isinstance(config, dict):
@@ -96,8 +97,8 @@ def init_model(config, checkpoint=None, device=None, strict=True):
         warnings.warn("init_model: no checkpoint given, predictions come from untrained weights.",
                       RuntimeWarning, stacklevel=2)
     elif not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"Checkpoint not found: {checkpoint}. Pass the path of a trained "
-                                "model (official .pth or a .pkl written by utils/train.py).")
+        raise CheckpointError(f"checkpoint not found: {checkpoint}. Pass the path of a trained "
+                              "model (official .pth or a .pkl written by utils/train.py).")
     model = build_model(cfg, checkpoint=checkpoint, strict=strict)
     model.eval()
     model.cfg = cfg
@@ -130,16 +131,24 @@ def read_rgb(rgb, name="<array>"):
 
 
 def read_depth(depth, name="<array>"):
-    """(depth uint8 H x W, source name) from a path or an array (first channel if several)."""
+    """(depth uint8 H x W, source name) from a path or an array.
+
+    8-bit depth is used as it is; 16-bit (millimetres) and float depth (also ``.npy``
+    files) is normalised per image to 0..255, near = dark, as the official depth PNGs were
+    made (``utils.dataloader.transforms.depth_to_uint8`` gives the formula).
+    """
     if isinstance(depth, (str, os.PathLike)):
         name = os.fspath(depth)
-        depth = _imread(name, cv2.IMREAD_GRAYSCALE, "depth")
-    depth = np.asarray(depth)
-    if depth.ndim == 3:
-        depth = depth[..., 0]
-    if depth.dtype != np.uint8 or depth.ndim != 2:
-        raise InputError(f"depth input {name} must be an 8-bit single-channel image (per-image "
-                         f"normalised 0..255), got dtype {depth.dtype} and shape {depth.shape}.")
+        if not os.path.isfile(name):
+            raise InputError(f"depth file not found: {name}")
+        depth = read_depth_file(name)
+        if depth is None:
+            raise InputError(f"cannot read depth image {name}: unreadable, not an image or "
+                             "not single-channel.")
+    try:
+        depth = depth_to_uint8(depth, name)
+    except ValueError as exc:
+        raise InputError(f"depth input {name}: {exc}") from None
     return np.ascontiguousarray(depth), name
 
 

@@ -56,7 +56,8 @@ def read_checkpoint(path):
     except CheckpointError:
         raise
     except Exception as exc:  # jittor raises assorted types on corrupt files
-        raise CheckpointError(f"Could not read checkpoint {path}: {type(exc).__name__}: {exc}. "
+        first = (str(exc).strip().splitlines() or [""])[0]  # Jittor's texts span lines
+        raise CheckpointError(f"Could not read checkpoint {path}: {type(exc).__name__}: {first}. "
                               "The file may be truncated or not a checkpoint.") from exc
     if obj is None:
         raise CheckpointError(f"Could not read checkpoint {path}.")

@@ -9,11 +9,12 @@ Unexpected exceptions keep their traceback. Under MPI only rank 0 prints.
 
 This module imports neither Jittor nor numpy, so it is safe anywhere.
 """
+import argparse
 import os
 import sys
 
 __all__ = ["UserError", "ConfigError", "CheckpointError", "DataError", "InputError",
-           "debug_enabled", "mpi_rank", "run_cli"]
+           "ArgumentParser", "debug_enabled", "mpi_rank", "run_cli"]
 
 
 class UserError(Exception):
@@ -34,6 +35,14 @@ class DataError(UserError, ValueError):
 
 class InputError(UserError, ValueError):
     """An input image (inference) that cannot be used; the message names the file."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors (unknown or malformed options, ``p.error``)
+    raise ConfigError, so that they too end as one ``error:`` line under :func:`run_cli`."""
+
+    def error(self, message):
+        raise ConfigError(f"{message} (see {self.prog} --help)")
 
 
 def debug_enabled(argv=None):
@@ -64,7 +73,8 @@ def run_cli(main, argv=None):
         if debug:
             raise
         if mpi_rank() == 0:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+            message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
         if debug:

@@ -23,14 +23,14 @@ from utils import runtime  # noqa: E402
 runtime.setup()  # before jittor is imported
 import jittor as jt  # noqa: E402
 
-from local_configs import load_config  # noqa: E402
-from utils.api import override_config  # noqa: E402
+from utils.config import load_config  # noqa: E402
+from utils.errors import ArgumentParser, ConfigError, run_cli  # noqa: E402
 from utils.metrics import format_metrics_table  # noqa: E402
 from utils.engine.evaluator import MST_SCALES, evaluate, is_main_process  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Evaluate a DFormer/DFormerv2 checkpoint (mIoU etc.).")
+    p = ArgumentParser(description="Evaluate a DFormer/DFormerv2 checkpoint (mIoU etc.).")
     p.add_argument("--config", required=True,
                    help="config name, e.g. local_configs.NYUDepthv2.DFormer_Large")
     p.add_argument("--checkpoint", required=True, help="trained weights: official .pth or our .pkl")
@@ -59,6 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
                    help="require every model tensor in the checkpoint (default: on)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
     args = p.parse_args(argv)
     if args.max_val_iters is not None and args.max_val_iters < 1:
         p.error("--max-val-iters must be >= 1")
@@ -77,7 +78,7 @@ def resolve_modes(args):
         scales = (1.0,)
     flip = args.flip if args.flip is not None else (args.mst or args.scales is not None)
     if any(s <= 0 for s in scales):
-        raise SystemExit("error: --scales must be positive")
+        raise ConfigError("--scales must be positive")
     return scales, bool(flip)
 
 
@@ -123,23 +124,14 @@ def write_json(path, metrics, info):
 def main(argv=None):
     args = parse_args(argv)
     device = runtime.init_device(None if args.device == "auto" else args.device == "cuda")
-    cfg = load_config(args.config)
-    try:
-        override_config(cfg, args.cfg_options)
-    except ValueError as exc:
-        raise SystemExit(f"error: --cfg-options: {exc}")
+    cfg = load_config(args.config, args.cfg_options)
     if args.pad_sunrgbd is not None:
         cfg.pad_SUNRGBD = args.pad_sunrgbd
     scales, flip = resolve_modes(args)
 
     from models.builder import build_model
-    from utils.checkpoint import CheckpointError
-    from utils.dataloader import DataError
-    try:
-        model = build_model(cfg, checkpoint=args.checkpoint, strict=args.strict)
-        loader = build_loader(cfg, args)
-    except (CheckpointError, DataError) as exc:
-        raise SystemExit(f"error: {exc}")
+    model = build_model(cfg, checkpoint=args.checkpoint, strict=args.strict)
+    loader = build_loader(cfg, args)
     if is_main_process():
         print(f"[eval] {runtime.describe()}")
         print(f"[eval] config {args.config}, checkpoint {args.checkpoint} "
@@ -166,4 +158,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(lambda argv: main(argv) and 0)  # main returns the metrics, not a status

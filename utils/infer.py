@@ -28,20 +28,22 @@ from tqdm import tqdm  # noqa: E402
 from utils import runtime  # noqa: E402
 runtime.setup()  # before jittor is imported
 from utils.api import (InputError, MST_SCALES, check_sizes, inference_model, init_model,  # noqa: E402
-                       override_config, read_depth, read_label, read_rgb)
+                       read_depth, read_label, read_rgb)
 from utils import visualize as vis  # noqa: E402
+from utils.errors import ArgumentParser, CheckpointError, run_cli  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 OUTPUT_KINDS = ("pred", "color", "overlay", "panel")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="DFormer/DFormerv2 inference with visualisations.")
+    p = ArgumentParser(description="DFormer/DFormerv2 inference with visualisations.")
     p.add_argument("--config", required=True, help="config name, e.g. local_configs.NYUDepthv2.DFormer_Large")
     p.add_argument("--checkpoint", required=True, help="trained weights: official .pth or our .pkl")
     src = p.add_argument_group("inputs (choose one)")
     src.add_argument("--rgb", help="one RGB image")
-    src.add_argument("--depth", help="its depth image (8-bit, same size)")
+    src.add_argument("--depth", help="its depth image, same size: 8-bit, or 16-bit/float "
+                     "(normalised per image, see README)")
     src.add_argument("--label", help="optional ground-truth label PNG of --rgb (on-disk ids)")
     src.add_argument("--rgb-dir", help="folder of RGB images")
     src.add_argument("--depth-dir", help="folder of depth images, matched to --rgb-dir by file stem")
@@ -58,6 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=None,
                    help="override config fields, e.g. num_classes=8")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
     args = p.parse_args(argv)
     modes = [bool(args.rgb or args.depth), bool(args.rgb_dir or args.depth_dir), bool(args.split)]
     if sum(modes) != 1:
@@ -179,24 +182,27 @@ def collect_jobs(args, cfg):
 
 
 def check_single_inputs(args):
-    """Fail fast, before the model is loaded, when a file of a single pair is missing."""
+    """Fail fast, before the model is loaded, when a file of a single pair is missing or
+    cannot be read."""
     for what, path in (("RGB", args.rgb), ("depth", args.depth), ("label", args.label)):
         if path and not os.path.isfile(path):
-            raise SystemExit(f"error: {what} file not found: {path}")
+            raise InputError(f"{what} file not found: {path}")
+    check_sizes(read_rgb(args.rgb)[0], read_depth(args.depth)[0], args.rgb, args.depth)
 
 
 def setup(args):
-    """(model, cfg, jobs, skipped, notes); bad config/checkpoint/folders exit with a message."""
-    from local_configs import load_config
-    from utils.checkpoint import CheckpointError
+    """(model, cfg, jobs, skipped, notes); bad config/checkpoint/folders raise UserErrors."""
+    from utils.config import load_config
     if args.rgb:
         check_single_inputs(args)
-    try:
-        cfg = override_config(load_config(args.config), args.cfg_options)
-        model = init_model(cfg, args.checkpoint, device=None if args.device == "auto" else args.device)
+    cfg = load_config(args.config, args.cfg_options)
+    if not os.path.isfile(args.checkpoint):
+        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
+    if not args.split:  # inputs first: a wrong folder fails before the model loads
+        jobs, skipped, notes = collect_jobs(args, cfg)
+    model = init_model(cfg, args.checkpoint, device=None if args.device == "auto" else args.device)
+    if args.split:
         jobs, skipped, notes = collect_jobs(args, model.cfg)
-    except (ValueError, CheckpointError, FileNotFoundError) as exc:
-        raise SystemExit(f"error: {exc}")
     return model, model.cfg, jobs, skipped, notes
 
 
@@ -210,7 +216,7 @@ def process(jobs, model, writer, cfg, modes, stop_on_error):
             done += 1
         except InputError as exc:
             if stop_on_error:
-                raise SystemExit(f"error: {exc}")
+                raise
             _warn(f"{exc}; skipped")
             skipped.append(str(exc))
     return done, skipped
@@ -224,7 +230,7 @@ def report(done, skipped, out_dir):
         for message in skipped:
             print(f"  - {message}", file=sys.stderr)
     if done == 0:
-        raise SystemExit("error: no image could be processed (see the messages above).")
+        raise InputError("no image could be processed (see the messages above).")
 
 
 def main(argv=None):
@@ -246,4 +252,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(lambda argv: main(argv) and 0)  # main returns the image count, not a status

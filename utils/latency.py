@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as a script
 
 from utils import runtime  # noqa: E402
 runtime.setup()  # before jittor is imported
+from utils.errors import ArgumentParser, run_cli  # noqa: E402
 
 import numpy as np  # noqa: E402
 import jittor as jt  # noqa: E402
@@ -74,7 +75,7 @@ def matmul_peak_gflops(n=None, runs=5):
 
 def measure(config, shape=(480, 640), batch=1, warmup=3, iters=10, efficiency=False):
     """Latency figures of ``config`` as a dict (times in ms, first call in s)."""
-    from local_configs import load_config
+    from utils.config import load_config
     from models.builder import EncoderDecoder
 
     device = runtime.init_device()
@@ -123,7 +124,7 @@ def measure_train(config, shape=(240, 320), batch=2, warmup=1, iters=5):
     utils/engine/trainer.py. Inputs and the label (uniform over the classes)
     are random, drawn once.
     """
-    from local_configs import load_config
+    from utils.config import load_config
     from models.builder import EncoderDecoder
     from models.ops import flush_to_zero
     from utils.engine.optim import build_optimizer, group_parameters
@@ -197,7 +198,7 @@ def format_report(res):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="e.g. local_configs.NYUDepthv2.DFormer_Tiny")
     parser.add_argument("--shape", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="input size (default 480 640; 240 320 with --train)")
@@ -209,6 +210,7 @@ def main(argv=None):
                         help="also measure the fp32 matmul peak and report the model's share of it")
     parser.add_argument("--train", action="store_true",
                         help="time training iterations (forward + backward + AdamW) instead")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
     args = parser.parse_args(argv)
     shape = args.shape or ((240, 320) if args.train else (480, 640))
     batch = args.batch or (2 if args.train else 1)
@@ -224,4 +226,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

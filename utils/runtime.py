@@ -165,6 +165,15 @@ def _tune_malloc():
     MALLOC_STATUS = "no mmap, trim threshold 1 GiB" if ok else "mallopt failed"
 
 
+def _cache_float_limits():
+    """Compute numpy's float limits now, before Jittor's ``-Ofast`` kernels switch threads to
+    flush-to-zero: ``np.finfo`` caches them, so later calls (in numpy, tqdm, evaluation)
+    neither see a zero "smallest subnormal" nor warn about it."""
+    import numpy as np
+    for dtype in (np.float16, np.float32, np.float64, np.longdouble):
+        np.finfo(dtype)
+
+
 _DONE = False
 
 
@@ -174,6 +183,7 @@ def setup():
     if _DONE:
         return
     _DONE = True
+    _cache_float_limits()
     if "jittor" in sys.modules:
         warnings.warn("utils.runtime.setup() called after jittor was imported: the CPU/CUDA and "
                       "oneDNN set-up may not take effect.", RuntimeWarning, stacklevel=2)

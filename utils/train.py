@@ -19,6 +19,7 @@ utils/engine/optim.py for the parameter groups and the lr schedule.
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -29,7 +30,8 @@ from utils import runtime  # noqa: E402
 runtime.setup()  # before jittor is imported
 import jittor as jt  # noqa: E402
 
-from local_configs import load_config  # noqa: E402
+from utils.config import load_config  # noqa: E402
+from utils.errors import ArgumentParser, CheckpointError, ConfigError, UserError, run_cli  # noqa: E402,E501
 
 
 def str2bool_flag(parser, name, default, help_text):
@@ -40,7 +42,7 @@ def str2bool_flag(parser, name, default, help_text):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Train DFormer/DFormerv2 (Jittor).",
+    p = ArgumentParser(description="Train DFormer/DFormerv2 (Jittor).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", required=True,
                    help="config module, e.g. local_configs.NYUDepthv2.DFormer_Tiny")
@@ -55,7 +57,7 @@ def build_parser():
     p.add_argument("--batch-size-override", type=int, default=None,
                    help="override C.batch_size (global); iterations per epoch are re-derived")
     p.add_argument("--num-workers-override", type=int, default=None,
-                   help="override C.num_workers (data loader processes)")
+                   help="override C.num_workers (data loader threads; 0: load in the main thread)")
     str2bool_flag(p, "mst", True, "validate with 5 scales + flip (the reference's default)")
     str2bool_flag(p, "amp", None, "mixed precision training on CUDA (default off, as the "
                   "official train.sh); ignored on CPU")
@@ -76,7 +78,12 @@ def build_parser():
                         "C.checkpoint_start_epoch, and the last)")
     p.add_argument("--ckpt-every", type=int, default=0, metavar="N",
                    help="also write latest.pkl every N iterations (0: at epoch ends only)")
+    p.add_argument("--skip-nonfinite", type=int, default=0, metavar="N",
+                   help="skip (no update) up to N batches whose loss is NaN/inf instead of "
+                        "stopping at the first")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of known errors (or set DFORMER_DEBUG=1)")
     return p
 
 
@@ -96,7 +103,7 @@ def prepare_config(args, cfg=None):
         cfg.seed = int(args.seed)
     for key in ("nepochs", "batch_size", "niters_per_epoch"):
         if int(cfg[key]) < 1:
-            raise SystemExit(f"error: {key} must be >= 1 (got {cfg[key]})")
+            raise ConfigError(f"{key} must be >= 1 (got {cfg[key]})")
     return cfg
 
 
@@ -104,11 +111,11 @@ def check_world(args):
     """Error out when --gpus and the MPI launch disagree."""
     n = jt.world_size if jt.in_mpi else 1
     if args.gpus > 1 and not jt.in_mpi:
-        raise SystemExit(f"error: --gpus {args.gpus} needs one process per GPU: launch with\n"
-                         f"  mpirun -np {args.gpus} python utils/train.py --config {args.config} "
-                         f"--gpus {args.gpus} ...\n(or use train.sh with GPUS={args.gpus})")
+        raise ConfigError(f"--gpus {args.gpus} needs one process per GPU: launch with "
+                          f"`mpirun -np {args.gpus} python utils/train.py --config {args.config} "
+                          f"--gpus {args.gpus} ...` (or train.sh with GPUS={args.gpus})")
     if jt.in_mpi and args.gpus not in (1, n):
-        raise SystemExit(f"error: --gpus {args.gpus} but mpirun started {n} processes")
+        raise ConfigError(f"--gpus {args.gpus} but mpirun started {n} processes")
     return n
 
 
@@ -122,8 +129,8 @@ def resolve_work_dir(args, cfg):
     if args.resume and args.resume != "latest":
         return os.path.dirname(os.path.abspath(args.resume))
     if args.resume == "latest":
-        raise SystemExit("error: --resume without a path needs --work-dir (the run folder "
-                         "holding latest.pkl)")
+        raise ConfigError("--resume without a path needs --work-dir (the run folder "
+                          "holding latest.pkl)")
     stamp = int(time.strftime("%Y%m%d%H%M%S"))
     if jt.in_mpi:
         stamp = int(jt.array([stamp], dtype="int64").mpi_broadcast(0).item())
@@ -136,7 +143,8 @@ def resume_path(args, work_dir):
         return None
     path = os.path.join(work_dir, "latest.pkl") if args.resume == "latest" else args.resume
     if not os.path.isfile(path):
-        raise SystemExit(f"error: no checkpoint to resume at {path}")
+        raise CheckpointError(f"no checkpoint to resume at {path}: check --work-dir/--resume, "
+                              "or start without --resume")
     return path
 
 
@@ -157,7 +165,10 @@ def build_model(cfg, args, resuming, logger):
     """The segmentor (+ ZeroDepth wrapper): ImageNet weights unless resuming."""
     from models.builder import EncoderDecoder
     from utils.engine.trainer import ZeroDepth
-    model = EncoderDecoder(cfg, load_pretrained=not resuming, sync_bn=args.syncbn)
+    try:
+        model = EncoderDecoder(cfg, load_pretrained=not resuming, sync_bn=args.syncbn)
+    except FileNotFoundError as exc:  # the pretrained backbone file
+        raise CheckpointError(str(exc)) from None
     report = getattr(model, "pretrained_report", None)
     if report is not None:
         logger.info(f"Pretrained backbone {cfg.pretrained_model}: {report.summary()}")
@@ -266,7 +277,7 @@ def build_trainer(args, cfg=None):
     opts = TrainOptions(max_iters=args.max_iters, max_val_iters=args.max_val_iters,
                         val_every=args.val_every, mst=args.mst, sliding=args.sliding, amp=amp,
                         val_amp=val_amp, seed=cfg.seed, ckpt_every=args.ckpt_every,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, skip_nonfinite=args.skip_nonfinite)
     trainer = Trainer(cfg, model, optimizer, schedule, train_loader, val_loader, run.work_dir,
                       opts, logger, tensorboard_writer(run.work_dir, run.rank, logger),
                       forward_model=forward)
@@ -274,17 +285,38 @@ def build_trainer(args, cfg=None):
     return trainer, (run.resume, state)
 
 
+def resume_command(argv, work_dir):
+    """The command line that resumes this run: ``argv`` with ``--work-dir W --resume``."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            if not arg.startswith("-"):
+                continue
+        if arg in ("--resume", "--work-dir"):
+            skip = True
+            continue
+        if arg.startswith(("--resume=", "--work-dir=")):
+            continue
+        kept.append(arg)
+    return shlex.join(["python", "utils/train.py", *kept, "--work-dir", work_dir, "--resume"])
+
+
 def main(argv=None, cfg=None):
     """Command-line entry point; ``cfg`` (a config object) replaces loading ``--config``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     trainer, (resume, state) = build_trainer(args, cfg)
+    trainer.resume_command = resume_command([a for a in argv if a != "--debug"],
+                                            trainer.work_dir)
     try:
         if resume:
             trainer.resume(resume, state)
         summary = trainer.train()
+    except UserError:
+        raise  # the trainer has logged it, with what was saved and how to resume
     except Exception:
-        trainer.logger.exception("Training failed; the last checkpoint (if any) is intact: "
-                                 f"{trainer.latest_path}")
+        trainer.logger.exception("Training failed")
         raise
     finally:
         trainer.tb.close()
@@ -294,4 +326,4 @@ def main(argv=None, cfg=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

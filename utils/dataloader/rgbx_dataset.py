@@ -34,13 +34,13 @@ Every random choice is a function of ``(seed, epoch, position)``:
   from ``(seed, epoch, position)``.
 
 The epoch travels inside the indices the sampler hands out (``epoch * length +
-position``), so loader processes, forked once, always know it. A completed pass
+position``), so a worker preparing a batch never reads the dataset's current
+epoch, which may already have moved on. A completed pass
 selects the next epoch; call ``dataset.set_epoch(epoch)`` to choose one
 explicitly, and ``dataset.set_epoch(epoch, start_iter=k)`` to skip the first
 ``k`` batches: a run resumed at iteration ``k`` then gets exactly the batches an
 uninterrupted run gets from there on, whatever ``num_workers`` is.
 """
-import atexit
 import os.path as osp
 
 import cv2
@@ -49,10 +49,13 @@ import numpy as np
 from jittor.dataset import Dataset
 from jittor.dataset.sampler import Sampler
 
-from .transforms import IGNORE_LABEL, SUN_PAD_SIZE, EvalTransform, TrainTransform
+from .transforms import (IGNORE_LABEL, SUN_PAD_SIZE, EvalTransform, TrainTransform,
+                         read_depth_file)
+from .workers import OrderedPrefetcher
 
 _TAG_ORDER, _TAG_TAIL, _TAG_SAMPLE = 1, 2, 3
 _MAX_INDEX = 2 ** 31 - 1  # Jittor's MPI sharding handles indices as int32
+DEFAULT_LOADER_TIMEOUT = 600.0  # seconds a batch may be late before the run stops (cfg.loader_timeout)
 
 
 from utils.errors import DataError  # noqa: E402  (re-exported)
@@ -121,16 +124,21 @@ class SampleFiles:
         """Fail early, listing the first missing files, if any sample lacks a file."""
         missing = [p for name in names for p in self.paths(name).values() if not osp.isfile(p)]
         if missing:
-            shown = "\n  ".join(missing[:10])
-            more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-            raise DataError(f"{len(missing)} file(s) listed in {split_path} are missing:\n  "
-                            f"{shown}{more}")
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise DataError(f"{len(missing)} file(s) listed in {split_path} are missing: "
+                            f"{', '.join(missing[:3])}{more}; check dataset_path or the list")
 
     def load(self, name):
-        """Decoded (rgb HxWx3 uint8, depth HxWx3 uint8, label HxW uint8, rgb path)."""
+        """Decoded (rgb HxWx3 uint8, depth HxWx3 uint8, label HxW uint8, rgb path).
+
+        16-bit and float depth is normalised per image (transforms.depth_to_uint8).
+        """
         paths = self.paths(name)
         rgb = self._read_rgb(paths["rgb"])
-        depth = _imread(paths["depth"], cv2.IMREAD_GRAYSCALE)
+        depth = read_depth_file(paths["depth"])
+        if depth is None:
+            _imread(paths["depth"], cv2.IMREAD_UNCHANGED)  # raises naming the problem
+            raise DataError(f"unusable depth image (expected one channel): {paths['depth']}")
         label = _imread(paths["label"], cv2.IMREAD_GRAYSCALE)
         for key, img in (("depth", depth), ("label", label)):
             if img.shape[:2] != rgb.shape[:2]:
@@ -215,30 +223,14 @@ class EpochSampler(Sampler):
         return max(ds.num_samples - ds.start_iter * ds.batch_size, 0)
 
 
-_POOL_DATASET = None  # the dataset a forked loader process works for
-
-
-def _pool_init():
-    cv2.setNumThreads(1)  # parallelism comes from the processes
-
-
-def _pool_load(indices):
-    return _POOL_DATASET.load_batch(indices)
-
-
-def _terminate_pool(pool):
-    """atexit hook: a pool left with queued batches (a run stopped mid-epoch) would
-    otherwise keep the interpreter from exiting."""
-    pool.terminate()
-
-
 class RGBXDataset(Dataset):
     """RGB-D samples of one split; see the module docstring for items and randomness.
 
     Iterating yields batches in a fixed order, then selects the next epoch. With
-    ``num_workers > 0`` batches are prepared by a pool of forked processes and
-    delivered strictly in order (Jittor's own workers may swap neighbouring
-    batches, which would break exact resumption).
+    ``num_workers > 0`` batches are prepared by that many threads and delivered
+    strictly in order (utils/dataloader/workers.py: why threads, and how errors, a
+    stuck read and shutdown end in bounded time). Jittor's own workers are not
+    used: they may swap neighbouring batches, which would break exact resumption.
 
     Args:
         cfg: experiment config (EasyDict).
@@ -274,7 +266,8 @@ class RGBXDataset(Dataset):
         self.epoch, self.start_iter = 0, 0
         self.transform = self._make_transform(cfg)
         self._file_index = None
-        self._pool = None
+        self._prefetcher = None
+        self.loader_timeout = float(cfg.get("loader_timeout", DEFAULT_LOADER_TIMEOUT))
         self.set_attrs(total_len=self.num_samples)
         EpochSampler(self)
 
@@ -310,10 +303,12 @@ class RGBXDataset(Dataset):
 
     def file_index(self, epoch, position):
         """Index into ``self.names`` of the sample at ``position`` of ``epoch``."""
-        if self._file_index is None or self._file_index[0] != epoch:
-            table = epoch_file_indices(len(self.names), self.num_samples, self.seed, epoch)
-            self._file_index = (epoch, table)
-        return int(self._file_index[1][position])
+        cached = self._file_index  # one read: loader threads may replace it concurrently
+        if cached is None or cached[0] != epoch:
+            cached = (epoch, epoch_file_indices(len(self.names), self.num_samples, self.seed,
+                                                epoch))
+            self._file_index = cached
+        return int(cached[1][position])
 
     # -- items
 
@@ -347,41 +342,39 @@ class RGBXDataset(Dataset):
         size = self.real_batch_size
         chunks = [index_list[k * size:(k + 1) * size] for k in range(self.batch_len)]
         if self.num_workers > 0 and not self._disable_workers:
-            batches = self._pool_batches(chunks)
+            batches = self._threaded_batches(chunks)
         else:
             batches = (self.load_batch(chunk) for chunk in chunks)
         for batch in batches:
             yield self.to_jittor(batch)
         self.epoch, self.start_iter = self.epoch + 1, 0
 
-    def _pool_batches(self, chunks):
-        """Batches prepared by the process pool, a bounded number ahead, in order."""
-        if self._pool is None:
-            global _POOL_DATASET
-            import multiprocessing as mp
-            _POOL_DATASET = self
-            # OpenCV's thread pool does not survive fork(): park it while forking.
-            threads = cv2.getNumThreads()
-            cv2.setNumThreads(1)
-            try:
-                self._pool = mp.get_context("fork").Pool(self.num_workers, initializer=_pool_init)
-            finally:
-                cv2.setNumThreads(threads)
-            atexit.register(_terminate_pool, self._pool)
-        ahead = 2 * self.num_workers
-        pending = [self._pool.apply_async(_pool_load, (c,)) for c in chunks[:ahead]]
-        for k in range(len(chunks)):
-            batch = pending[k].get()
-            pending[k] = None
-            if k + ahead < len(chunks):
-                pending.append(self._pool.apply_async(_pool_load, (chunks[k + ahead],)))
-            yield batch
+    def _threaded_batches(self, chunks):
+        """Batches prepared by ``num_workers`` threads (utils/dataloader/workers.py), in order."""
+        prefetcher = OrderedPrefetcher(self.load_batch, chunks, self.num_workers,
+                                       timeout=self.loader_timeout, describe=self._describe,
+                                       name=f"{self.split}-loader")
+        self._prefetcher = prefetcher
+        try:
+            yield from prefetcher
+        finally:
+            prefetcher.close()
+            self._prefetcher = None
+
+    def _describe(self, indices):
+        """The RGB files of a chunk of encoded indices (for error messages)."""
+        names = []
+        for index in indices[:4]:
+            epoch, position = divmod(int(index), self.num_samples)
+            names.append(self.files.paths(self.names[self.file_index(epoch, position)])["rgb"])
+        return ", ".join(names) + (", ..." if len(indices) > 4 else "")
 
     def terminate(self):
-        """Stop the loader processes (they restart on the next pass)."""
-        if getattr(self, "_pool", None) is not None:
-            self._pool.terminate()
-            self._pool = None
+        """Stop the loader threads of a pass in progress (bounded; a new pass starts new ones)."""
+        prefetcher = getattr(self, "_prefetcher", None)
+        if prefetcher is not None:
+            prefetcher.close()
+            self._prefetcher = None
         super().terminate()
 
     def reset(self):

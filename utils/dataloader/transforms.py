@@ -13,7 +13,14 @@ float32; doing the arithmetic in float32 would differ by 1-2 ulp.
 
 All randomness comes from the ``numpy.random.Generator`` the caller passes in,
 so a sample is a pure function of its inputs and that generator's seed.
+
+Depth files (:func:`read_depth_file`, :func:`depth_to_uint8`) are read here for the
+dataset, ``utils/infer.py`` and ``utils/api.py`` alike.
 """
+import os
+import sys
+import threading
+
 import cv2
 import numpy as np
 
@@ -22,6 +29,90 @@ DEPTH_STD = 0.28
 IGNORE_LABEL = 255
 SUN_PAD_SIZE = (531, 730)  # (H, W) every SUN RGB-D image fits in
 
+
+# ----------------------------------------------------------------------------- depth input
+
+# Grey levels of matplotlib's 256-entry "gray" colour map as bytes (24 of them are one
+# lower than their index: its float -> byte conversion truncates).
+_GREY_LEVELS = (np.linspace(0.0, 1.0, 256) * 255.0).astype(np.uint8)
+_NOTED = set()
+_NOTE_LOCK = threading.Lock()
+
+
+def depth_to_uint8(depth, source="<array>"):
+    """Depth as the models were trained on it: H x W uint8, per image 0..255, near = dark.
+
+    8-bit input is returned unchanged. 16-bit (sensor millimetres) and float (metres)
+    depth is normalised per image exactly as the official NYU/SUN depth PNGs were made
+    (matplotlib ``imsave(..., cmap="gray")`` of the depth array), in float64::
+
+        x = (d - min(d)) / (max(d) - min(d))                  # min/max over finite pixels
+        v = GREY[min(floor(256 * x), 255)]                    # GREY = uint8(255 * linspace(0, 1, 256))
+
+    so the nearest pixel becomes 0 and the farthest 255 (zeros that mark missing sensor
+    values count as the nearest depth, as in a plain min-max); non-finite pixels and a
+    constant image give 0. A note is printed once per process. Several channels are
+    converted to grey first (OpenCV ``BGR2GRAY``).
+    """
+    depth = np.asarray(depth)
+    if depth.dtype == np.uint8 and depth.ndim == 2:
+        return depth
+    if depth.ndim == 3 and depth.shape[2] in (3, 4):
+        code = cv2.COLOR_BGR2GRAY if depth.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
+        depth = cv2.cvtColor(np.ascontiguousarray(depth), code)
+    elif depth.ndim == 3 and depth.shape[2] == 1:
+        depth = depth[..., 0]
+    if depth.ndim != 2 or depth.dtype == np.bool_ or not np.issubdtype(depth.dtype, np.number):
+        raise ValueError(f"expected a single-channel depth image, got dtype {depth.dtype} and "
+                         f"shape {depth.shape}")
+    if depth.dtype == np.uint8:
+        return depth
+    d = depth.astype(np.float64)
+    finite = np.isfinite(d)
+    out = np.zeros(d.shape, np.uint8)
+    if finite.any():
+        lo, hi = d[finite].min(), d[finite].max()
+        if hi > lo:
+            x = (d[finite] - lo) / (hi - lo)
+            out[finite] = _GREY_LEVELS[np.minimum(np.floor(x * 256.0), 255).astype(np.intp)]
+    _note_once(depth.dtype, source)
+    return out
+
+
+def _note_once(dtype, source):
+    kind = "float" if np.issubdtype(dtype, np.floating) else f"{dtype.itemsize * 8}-bit"
+    with _NOTE_LOCK:
+        if kind in _NOTED:
+            return
+        _NOTED.add(kind)
+    print(f"note: {kind} depth ({source}, ...) is normalised per image to 8 bits (min-max to "
+          "0..255, near = dark), as the official NYU/SUN depth PNGs were made; 8-bit depth is "
+          "used as it is.", file=sys.stderr, flush=True)
+
+
+def read_depth_file(path):
+    """Depth file -> H x W uint8 (:func:`depth_to_uint8`), or None when it cannot be read.
+
+    Images are decoded as greyscale keeping their bit depth (``IMREAD_ANYDEPTH``), so an
+    8-bit file gives exactly what ``cv2.IMREAD_GRAYSCALE`` gives; ``.npy`` files hold a
+    depth array (any numeric dtype).
+    """
+    if str(path).lower().endswith(".npy"):
+        try:
+            depth = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+    else:
+        depth = cv2.imread(os.fspath(path), cv2.IMREAD_ANYDEPTH)
+        if depth is None:
+            return None
+    try:
+        return depth_to_uint8(depth, os.fspath(path))
+    except ValueError:
+        return None
+
+
+# ----------------------------------------------------------------------------- normalisation
 
 def normalize(img, mean, std):
     """``(img / 255 - mean) / std`` per channel, in float64."""

@@ -32,9 +32,22 @@ improves. Content: ``model`` (segmentor state dict, numpy), ``optimizer``, ``epo
 ``iteration``, ``schedule``, ``best_miou``/``best_epoch``, ``config``, ``seed`` and
 ``rng`` (how the seeds are derived), ``world_size``. A failure during an iteration or a
 save never replaces the previous files.
+
+Failures
+--------
+An exception inside the loop (bad data, a stuck read, a non-finite loss, anything) first
+writes ``latest.pkl`` at the last *completed* iteration, then propagates with the command
+that resumes the run (:attr:`Trainer.resume_command`) in its message: nothing since the
+last checkpoint is lost. The loss is read *before* the optimiser step, so a non-finite
+loss stops the run (:class:`NonFiniteLossError`, naming the iteration) before it reaches
+the weights; ``TrainOptions.skip_nonfinite = N`` skips up to N such batches instead
+(no update, logged). :meth:`Trainer.save` refuses to write non-finite weights, so a good
+checkpoint is never replaced by a broken one.
 """
+import copy
 import datetime
 import json
+import logging
 import math
 import os
 import signal
@@ -44,11 +57,11 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from utils import runtime  # noqa: F401  (must precede the jittor import)
 import jittor as jt
 from jittor import nn
 
 from utils.checkpoint import CheckpointError, atomic_save, read_checkpoint
+from utils.errors import UserError
 
 CHECKPOINT_FORMAT = "dformer-jittor-train/1"
 RNG_SCHEME = ("jt.set_global_seed(SeedSequence([seed, t])) before iteration t (+2591*rank "
@@ -56,6 +69,16 @@ RNG_SCHEME = ("jt.set_global_seed(SeedSequence([seed, t])) before iteration t (+
 
 
 # ----------------------------------------------------------------------------- helpers
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The loss (or the weights about to be saved) became NaN/inf; the message says where."""
+
+
+def non_finite_keys(arrays):
+    """Keys of the float arrays in ``arrays`` (a dict) holding a NaN or an infinity."""
+    return [k for k, v in arrays.items() if np.issubdtype(np.asarray(v).dtype, np.floating)
+            and not np.isfinite(v).all()]
+
 
 def is_main_process():
     return not jt.in_mpi or jt.rank == 0
@@ -168,7 +191,7 @@ class TrainOptions:
 
     def __init__(self, max_iters=None, max_val_iters=None, val_every=None, mst=True,
                  sliding=False, amp=False, val_amp=False, seed=12345, ckpt_every=0,
-                 progress=True, val_on_stop=True):
+                 progress=True, val_on_stop=True, skip_nonfinite=0):
         self.max_iters = max_iters
         self.max_val_iters = max_val_iters
         self.val_every = val_every      # None: reference schedule; 0: never
@@ -180,6 +203,7 @@ class TrainOptions:
         self.ckpt_every = int(ckpt_every or 0)
         self.progress = progress
         self.val_on_stop = val_on_stop
+        self.skip_nonfinite = int(skip_nonfinite or 0)  # batches with a NaN/inf loss to skip
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -225,6 +249,10 @@ class Trainer:
         self.train_timer, self.eval_timer = EMATimer(), EMATimer()
         self.iter_seconds = []
         self._saved_iteration = None
+        self._skipped = []              # iterations skipped for a non-finite loss
+        self._updating = False          # inside the optimiser step: the weights are in flux
+        self._buffers = None            # forward-updated tensors before this iteration
+        self.resume_command = None      # shown when a run fails (utils/train.py sets it)
 
     # -- paths
 
@@ -267,6 +295,11 @@ class Trainer:
         if not is_main_process():
             return None
         state = state or self.checkpoint_state()
+        bad = non_finite_keys(state["model"])
+        if bad:
+            raise NonFiniteLossError(f"model weights hold NaN/inf ({bad[0]} and {len(bad) - 1} "
+                                     f"more) at iteration {state['iteration']}: not written "
+                                     f"over {path}")
         start = time.time()
         atomic_save(state, path)
         if path == self.latest_path:
@@ -361,12 +394,60 @@ class Trainer:
             while self.iteration < end and reason is None:
                 epoch, first = divmod(self.iteration, self.niters)
                 reason = self.train_epoch(epoch + 1, first, end, bar)
+        except Exception as exc:
+            reported = self._after_failure(exc)
+            if reported is exc:
+                raise
+            raise reported from exc
         finally:
             bar.close()
             self.stop.uninstall()
         if reason is None:
             reason = "finished" if self.iteration >= self.total_iters else "max_iters"
         return self._finish(reason)
+
+    def _after_failure(self, exc):
+        """Save the completed iterations, say how to resume; returns the exception to raise.
+
+        A UserError comes back as the same type with one line saying where the run stopped,
+        what was saved and the command that resumes it; other exceptions are logged with
+        that information and come back unchanged (their traceback is kept).
+        """
+        epoch, idx = divmod(self.iteration, self.niters)
+        where = f"iteration {self.iteration} (epoch {epoch + 1}, batch {idx})"
+        if self._updating:
+            saved = "the failure hit the optimiser step, so nothing was saved"
+        elif self._saved_iteration == self.iteration:
+            saved = f"{self.latest_path} holds iteration {self.iteration}"
+        else:
+            try:
+                self.save(self.latest_path)
+                saved = f"saved {self.latest_path} at iteration {self.iteration}"
+            except Exception as save_exc:  # report the original problem, not this one
+                saved = f"could not save ({save_exc})"
+        last = self._saved_iteration
+        if not is_main_process():
+            resume = ""
+        elif last is None:
+            resume = "; no checkpoint to resume from yet"
+        else:
+            resume = (f"; after fixing it resume from iteration {last} with: "
+                      f"{self.resume_command or '--resume ' + self.latest_path}")
+        note = f"stopped at {where}; {saved}{resume}"
+        if isinstance(exc, UserError):
+            self._log_to_file(f"{exc} [{note}]")
+            new = copy.copy(exc)
+            new.args = (f"{exc} [{note}]",)
+            return new
+        self.logger.error(f"Training failed: {type(exc).__name__}: {exc} [{note}]")
+        return exc
+
+    def _log_to_file(self, message):
+        """An ERROR record for the log file only (the console gets the one-line error)."""
+        record = self.logger.makeRecord(self.logger.name, 40, __file__, 0, message, None, None)
+        for handler in self.logger.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
 
     def _finish(self, reason):
         mid_epoch = self.iteration % self.niters != 0
@@ -412,8 +493,9 @@ class Trainer:
                 raise RuntimeError(f"the training loader ran out after {idx} of {self.niters} "
                                    f"batches in epoch {epoch}")
             loss = self.run_iteration(batch)
-            sum_loss, count = sum_loss + loss, count + 1
-            self._log_iteration(epoch, idx, loss, sum_loss / count, bar)
+            if math.isfinite(loss):
+                sum_loss, count = sum_loss + loss, count + 1
+            self._log_iteration(epoch, idx, loss, sum_loss / max(count, 1), bar)
             if idx + 1 == self.niters:
                 break
             stop = self._signal_stop()
@@ -429,9 +511,13 @@ class Trainer:
         return stop
 
     def run_iteration(self, batch):
-        """One optimisation step at global iteration ``self.iteration``; returns the loss."""
+        """One optimisation step at global iteration ``self.iteration``; returns the loss.
+
+        The loss is read before the step: a NaN/inf loss never reaches the weights.
+        """
         t = self.iteration
         start = time.time()
+        self._snapshot_buffers()
         seed_iteration(self.opts.seed, t)
         lr = self.schedule.lr_for_step(t)
         self.optimizer.set_lr(lr)
@@ -443,19 +529,50 @@ class Trainer:
         else:
             loss = self.forward_model(rgb, depth, label)
             self.optimizer.backward(loss)
-        self.optimizer.step()
         if jt.in_mpi:
             loss = loss.mpi_all_reduce("mean")
         value = float(loss.item())
-        jt.sync_all()
+        if math.isfinite(value):
+            self._updating = True
+            self.optimizer.step()
+            jt.sync_all()
+            self._updating = False
+        else:
+            self._undo_iteration()
+            self._skip_non_finite(t, value)
         self.iteration = t + 1
         self.iter_seconds.append(time.time() - start)
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"loss is {value} at iteration {t}: stopping without saving (the last good "
-                f"checkpoint is {self.latest_path}); check the data (a batch with no valid "
-                "pixel gives NaN) or lower the lr")
         return value
+
+    def _snapshot_buffers(self):
+        """Copy the tensors the forward pass itself updates (BatchNorm running statistics,
+        i.e. the stop-grad ones) so that a non-finite batch can be undone completely."""
+        self._buffers = {k: (v, v.numpy()) for k, v in self.model.state_dict().items()
+                         if v.is_stop_grad()}
+
+    def _undo_iteration(self):
+        """Forget a batch after its backward pass: restore the forward-updated tensors, drop
+        the gradients and the optimiser's step count (Adam's bias correction uses it)."""
+        for var, value in (self._buffers or {}).values():
+            var.update(jt.array(value))
+        self.optimizer.zero_grad()
+        self.optimizer.n_step -= 1
+        jt.sync_all()
+
+    def _skip_non_finite(self, t, value):
+        """Drop the gradients of a batch with a NaN/inf loss, or stop if no skip is left."""
+        epoch, idx = divmod(t, self.niters)
+        if len(self._skipped) >= self.opts.skip_nonfinite:
+            allowed = (f"{self.opts.skip_nonfinite} already skipped" if self.opts.skip_nonfinite
+                       else "--skip-nonfinite N skips up to N such batches")
+            raise NonFiniteLossError(
+                f"loss is {value} at iteration {t} (epoch {epoch + 1}, batch {idx}): training "
+                f"stopped before that step, the weights are intact; check the data (a batch "
+                f"without a valid label gives NaN) or lower the lr ({allowed})")
+        self._skipped.append(t)
+        self.logger.warning(f"loss is {value} at iteration {t} (epoch {epoch + 1}, batch "
+                            f"{idx}): batch skipped, no update ({len(self._skipped)} of at "
+                            f"most {self.opts.skip_nonfinite})")
 
     def _signal_stop(self):
         """Name of the stop signal received (on any rank under MPI), else None."""
