@@ -28,7 +28,8 @@ from tqdm import tqdm  # noqa: E402
 
 from utils import runtime  # noqa: E402,F401  (before jittor)
 from utils.api import (InputError, MST_SCALES, check_sizes, inference_model, init_model,  # noqa: E402
-                       override_config, read_depth, read_label, read_rgb)
+                       read_depth, read_label, read_rgb)
+from utils.config import add_cfg_options_argument  # noqa: E402
 from utils import visualize as vis  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -56,8 +57,7 @@ def parse_args(argv=None):
     p.add_argument("--max-images", type=int, default=None, help="process at most this many images")
     p.add_argument("--seed", type=int, default=None, help="seed Jittor's RNG (NMF bases)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=None,
-                   help="override config fields, e.g. num_classes=8")
+    add_cfg_options_argument(p)
     args = p.parse_args(argv)
     modes = [bool(args.rgb or args.depth), bool(args.rgb_dir or args.depth_dir), bool(args.split)]
     if sum(modes) != 1:
@@ -187,12 +187,12 @@ def check_single_inputs(args):
 
 def setup(args):
     """(model, cfg, jobs, skipped, notes); bad config/checkpoint/folders exit with a message."""
-    from local_configs import load_config
+    from utils.config import load_config
     from utils.checkpoint import CheckpointError
     if args.rgb:
         check_single_inputs(args)
     try:
-        cfg = override_config(load_config(args.config), args.cfg_options)
+        cfg = load_config(args.config, args.cfg_options)
         model = init_model(cfg, args.checkpoint, device=None if args.device == "auto" else args.device)
         jobs, skipped, notes = collect_jobs(args, model.cfg)
     except (ValueError, CheckpointError, FileNotFoundError) as exc:

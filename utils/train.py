@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from utils import runtime  # noqa: E402  (must precede the jittor import)
 import jittor as jt  # noqa: E402
 
-from local_configs import load_config  # noqa: E402
+from utils.config import add_cfg_options_argument, load_config  # noqa: E402
 
 
 def str2bool_flag(parser, name, default, help_text):
@@ -74,6 +74,7 @@ def build_parser():
     p.add_argument("--ckpt-every", type=int, default=0, metavar="N",
                    help="also write latest.pkl every N iterations (0: at epoch ends only)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    add_cfg_options_argument(p)
     return p
 
 
@@ -81,7 +82,7 @@ def build_parser():
 
 def prepare_config(args, cfg=None):
     """Load the config (or take ``cfg``) and apply the command-line overrides."""
-    cfg = load_config(args.config) if cfg is None else cfg
+    cfg = load_config(args.config, args.cfg_options) if cfg is None else cfg
     if args.epochs is not None:
         cfg.nepochs = int(args.epochs)
     if args.batch_size_override is not None:
@@ -114,8 +115,8 @@ def resolve_work_dir(args, cfg):
 
     Under MPI every rank must agree: the timestamp is taken on rank 0 and broadcast.
     """
-    if args.work_dir:
-        return os.path.abspath(args.work_dir)
+    if args.work_dir or cfg.get("work_dir"):
+        return os.path.abspath(args.work_dir or cfg.work_dir)
     if args.resume and args.resume != "latest":
         return os.path.dirname(os.path.abspath(args.resume))
     if args.resume == "latest":
@@ -151,7 +152,8 @@ def resolve_amp(args, device, logger):
 
 
 def build_model(cfg, args, resuming, logger):
-    """The segmentor (+ ZeroDepth wrapper): ImageNet weights unless resuming."""
+    """The segmentor (+ ZeroDepth wrapper): ImageNet weights unless resuming, then the
+    config's ``load_from`` weights (non-strict, as mmengine) unless resuming."""
     from models.builder import EncoderDecoder
     from utils.engine.trainer import ZeroDepth
     model = EncoderDecoder(cfg, load_pretrained=not resuming, sync_bn=args.syncbn)
@@ -161,8 +163,21 @@ def build_model(cfg, args, resuming, logger):
     elif not resuming:
         logger.warning("No pretrained backbone (C.pretrained_model is empty): training from "
                        "scratch.")
+    if cfg.get("load_from") and not resuming:
+        from utils.checkpoint import load_trained_weights
+        report = load_trained_weights(model, cfg.load_from, strict=False)
+        logger.info(f"load_from {cfg.load_from}: {report.summary()}")
     forward = ZeroDepth(model) if args.zero_depth else model
     return model, forward
+
+
+def validation_plan(args, cfg):
+    """(val_every, val_interval) for TrainOptions: --val-every wins, then the config's
+    ``val_interval`` (k iterations; 0 never), else the reference's epoch schedule."""
+    if args.val_every is not None or cfg.get("val_interval") is None:
+        return args.val_every, None
+    k = int(cfg.val_interval)
+    return (0, None) if k == 0 else (None, k)
 
 
 def build_loaders(cfg, args, seed):
@@ -170,11 +185,12 @@ def build_loaders(cfg, args, seed):
     from utils.dataloader import build_train_loader, build_val_loader, default_val_batch_size
     train_loader = build_train_loader(cfg, seed=seed)
     val_loader = None
-    if args.val_every != 0:
+    if validation_plan(args, cfg)[0] != 0:
         n = jt.world_size if jt.in_mpi else 1
         # The reference's train.py: NYU-like datasets validate with C.batch_size, SUN RGB-D
         # (padded or not) with one image per GPU.
         batch = n if cfg.dataset_name == "SUNRGBD" else max(default_val_batch_size(cfg), n)
+        batch = max(int(cfg.get("val_batch_size") or batch), n)
         val_loader = build_val_loader(cfg, batch_size=batch)
     return train_loader, val_loader
 
@@ -259,10 +275,13 @@ def build_trainer(args, cfg=None):
     train_loader, val_loader = build_loaders(cfg, args, cfg.seed)
     if val_loader is not None:
         logger.info(f"val dataset len: {len(val_loader.names)}")
-    opts = TrainOptions(max_iters=args.max_iters, max_val_iters=args.max_val_iters,
-                        val_every=args.val_every, mst=args.mst, sliding=args.sliding, amp=amp,
-                        val_amp=val_amp, seed=cfg.seed, ckpt_every=args.ckpt_every,
-                        progress=not args.no_progress)
+    val_every, val_interval = validation_plan(args, cfg)
+    opts = TrainOptions(max_iters=args.max_iters if args.max_iters is not None
+                        else cfg.get("max_iters"), max_val_iters=args.max_val_iters,
+                        val_every=val_every, mst=args.mst, sliding=args.sliding, amp=amp,
+                        val_amp=val_amp, seed=cfg.seed,
+                        ckpt_every=args.ckpt_every or cfg.get("checkpoint_interval") or 0,
+                        progress=not args.no_progress, val_interval=val_interval)
     trainer = Trainer(cfg, model, optimizer, schedule, train_loader, val_loader, run.work_dir,
                       opts, logger, tensorboard_writer(run.work_dir, run.rank, logger),
                       forward_model=forward)
@@ -272,7 +291,11 @@ def build_trainer(args, cfg=None):
 
 def main(argv=None, cfg=None):
     """Command-line entry point; ``cfg`` (a config object) replaces loading ``--config``."""
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv), cfg)
+
+
+def run(args, cfg=None):
+    """Train with parsed arguments (tools/train.py calls this too); returns the exit status."""
     trainer, (resume, state) = build_trainer(args, cfg)
     try:
         if resume:
