@@ -27,6 +27,7 @@ Besides the class-config fields, every internal config carries the *run fields*
 :data:`RUN_DEFAULTS` (``max_iters``, ``val_interval`` ...), None unless set.
 """
 import copy
+import fnmatch
 import os.path as osp
 
 from utils.errors import ConfigError
@@ -159,9 +160,11 @@ def apply_cfg_options(tree, options):
     """Merge parsed options into a nested dict, as mmengine's ``merge_from_dict``.
 
     Dotted keys walk into dicts (missing dicts are created); a numeric component indexes
-    a list (out of range is an error). Returns ``tree`` (modified in place).
+    a list (out of range is an error). A ``*`` component (``*.dataset.data_root``) stands
+    for every key at that level under which the rest of the path exists (an extension
+    of mmengine's rules). Returns ``tree`` (modified in place).
     """
-    for key, value in parse_cfg_options(options).items():
+    for key, value in _expand_wildcards(tree, parse_cfg_options(options)).items():
         parts = key.split(".")
         node = tree
         for depth, part in enumerate(parts):
@@ -195,6 +198,48 @@ def apply_cfg_options(tree, options):
             else:
                 raise ConfigError(f"--cfg-options {key}: cannot go into {where}")
     return tree
+
+
+def _resolves(node, parts):
+    """True when ``parts`` (all but the leaf) lead through dicts/lists from ``node``."""
+    for part in parts:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return isinstance(node, (dict, list, tuple))
+
+
+def _expand_wildcards(tree, options):
+    out = {}
+    for key, value in options.items():
+        if "*" not in key.split("."):
+            out[key] = value
+            continue
+        keys = [key]
+        while any("*" in k.split(".") for k in keys):
+            grown = []
+            for k in keys:
+                parts = k.split(".")
+                if "*" not in parts:
+                    grown.append(k)
+                    continue
+                i = parts.index("*")
+                node = tree
+                for part in parts[:i]:
+                    node = node.get(part, {}) if isinstance(node, dict) else {}
+                for name in (node if isinstance(node, dict) else {}):
+                    candidate = parts[:i] + [str(name)] + parts[i + 1:]
+                    if _resolves(tree, candidate[:-1]):
+                        grown.append(".".join(candidate))
+            keys = grown
+        if not keys:
+            raise ConfigError(f"--cfg-options {key}: matches no key of the config")
+        for k in keys:
+            out[k] = value
+    return out
 
 
 def override_config(cfg, options):
@@ -244,7 +289,17 @@ def _apply_class_options(cfg, options):
     before = {k: copy.deepcopy(cfg.get(k)) for k in ("root_dir", "dataset_path", "num_train_imgs",
                                                      "num_eval_imgs") + _PATH_FIELDS}
     explicit = set()
+    expanded = {}
     for key, value in options.items():
+        if "*" in key:
+            matches = [a for a in CLASS_ALIASES if fnmatch.fnmatchcase(a, key)]
+            if not matches:
+                raise ConfigError(f"--cfg-options {key}: matches none of the mmengine keys a "
+                                  "class config takes: " + ", ".join(sorted(CLASS_ALIASES)))
+            expanded.update({m: value for m in matches})
+        else:
+            expanded[key] = value
+    for key, value in expanded.items():
         field = CLASS_ALIASES.get(key, key)
         if field not in cfg:
             if "." in key:
