@@ -193,7 +193,9 @@ def test_max_iters_follows_the_schedule_unless_given():
     with pytest.raises(ConfigError, match="train_cfg.max_iters=50001"):
         load_config(NYU_L, ["train_cfg.max_iters=50001"])
     cfg = load_config(NYU_L, ["param_scheduler.1.end=1000", "param_scheduler.0.end=1"])
-    assert (cfg.nepochs, cfg.warm_up_epoch, cfg.max_iters) == (1000, 1, 50000)
+    assert (cfg.nepochs, cfg.warm_up_epoch, cfg.max_iters) == (1000, 1, None)  # follows
+    cfg = load_config(NYU_L, ["param_scheduler.1.end=1000", "train_cfg.max_iters=50000"])
+    assert (cfg.nepochs, cfg.max_iters) == (1000, 50000)
     cfg = load_config(NYU_L, ["param_scheduler.0.by_epoch=False", "param_scheduler.0.end=300",
                               "param_scheduler.0.convert_to_iter_based=False"])
     assert cfg.warm_up_epoch == 3

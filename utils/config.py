@@ -126,7 +126,10 @@ def parse_option_value(text):
             _split_top_level(inner)
         except ConfigError:
             return text
-        items = [] if not inner else [parse_option_value(p) for p in _split_top_level(inner)]
+        parts = _split_top_level(inner) if inner else []
+        if len(parts) > 1 and not parts[-1].strip():
+            parts = parts[:-1]  # trailing comma: "(1,)"
+        items = [parse_option_value(p) for p in parts]
         return tuple(items) if is_tuple else items
     if "," in text:
         return [parse_option_value(p) for p in _split_top_level(text)]
@@ -722,6 +725,10 @@ def translate(tree, source="config", explicit=(), file_total_iters=None):
         r.put("momentum", defaults.momentum, "optim_wrapper.optimizer")
     else:
         r.take("optim_wrapper.optimizer.momentum", "momentum", _number)
+        for key in ("betas", "eps"):
+            if r.get(f"optim_wrapper.optimizer.{key}", None) is not None:
+                raise ConfigError(f"{source}: optim_wrapper.optimizer.{key} is not an SGD "
+                                  "setting: set it to None")
     r.take("optim_wrapper.paramwise_cfg.train_all_params", "train_all_params", _bool,
            default=False)
     if r.get("optim_wrapper.clip_grad", None) is not None:
