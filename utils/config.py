@@ -289,8 +289,7 @@ def _with_run_defaults(cfg):
 def _apply_class_options(cfg, options):
     """Set flat fields (or :data:`CLASS_ALIASES`) of a class config, then re-derive."""
     _with_run_defaults(cfg)
-    before = {k: copy.deepcopy(cfg.get(k)) for k in ("root_dir", "dataset_path", "num_train_imgs",
-                                                     "num_eval_imgs") + _PATH_FIELDS}
+    before = {k: copy.deepcopy(cfg.get(k)) for k in ("root_dir", "dataset_path") + _PATH_FIELDS}
     explicit = set()
     expanded = {}
     for key, value in options.items():
@@ -337,11 +336,6 @@ def _rederive_class(cfg, before, explicit):
             rel = osp.relpath(old, old_root)
             if not rel.startswith(".."):
                 cfg[field] = osp.join(cfg.dataset_path, rel)
-    if cfg.get("synthetic") and "synthetic_counts" not in cfg and (
-            cfg.num_train_imgs != before["num_train_imgs"]
-            or cfg.num_eval_imgs != before["num_eval_imgs"]):
-        # the generated dataset keeps its size; only the sample count changes
-        cfg.synthetic_counts = (int(before["num_train_imgs"]), int(before["num_eval_imgs"]))
     _finalize(cfg)
 
 
