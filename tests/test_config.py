@@ -231,7 +231,8 @@ def test_supported_mmengine_settings():
                               "default_hooks.checkpoint.interval=5", "train_cfg.val_interval=0",
                               "optim_wrapper.optimizer.type=SGD",
                               "optim_wrapper.optimizer.momentum=0.8",
-                              "optim_wrapper.optimizer.betas=None", "optim_wrapper.optimizer.eps=None",
+                              "optim_wrapper.optimizer.betas=None",
+                              "optim_wrapper.optimizer.eps=None",
                               "model.data_preprocessor.bgr_to_rgb=True",
                               "tta.scales=[1.0]", "tta.flip=False"])
     assert (cfg.checkpoint_interval, cfg.val_interval) == (5, 0)

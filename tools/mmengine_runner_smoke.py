@@ -109,7 +109,8 @@ def main(argv=None):
 
         train(parted, data, extra_options=["train_cfg.max_iters=4"])
         stopped = read_checkpoint(os.path.join(parted, "latest.pkl"))
-        check(stopped["iteration"] == 4, f"interrupted run stopped at 4 (got {stopped['iteration']})")
+        check(stopped["iteration"] == 4,
+              f"interrupted run stopped at 4 (got {stopped['iteration']})")
         train(parted, data, extra_args=["--resume"])
         a = read_checkpoint(os.path.join(full, "latest.pkl"))
         b = read_checkpoint(os.path.join(parted, "latest.pkl"))

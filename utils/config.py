@@ -741,7 +741,8 @@ def translate(tree, source="config", explicit=(), file_total_iters=None):
             raise ConfigError("train_cfg.val_interval must be >= 0 or 'reference'")
     r.take("train_cfg.checkpoint_start_epoch", "checkpoint_start_epoch", _int)
     r.expect("default_hooks.checkpoint.type", ("CheckpointHook",))
-    by_epoch = _bool(r.get("default_hooks.checkpoint.by_epoch"), "default_hooks.checkpoint.by_epoch")
+    hook = "default_hooks.checkpoint"
+    by_epoch = _bool(r.get(f"{hook}.by_epoch"), f"{hook}.by_epoch")
     ck = _int(r.get("default_hooks.checkpoint.interval"), "default_hooks.checkpoint.interval")
     if by_epoch and ck != 1:
         raise ConfigError(f"{source}: default_hooks.checkpoint.interval={ck} with by_epoch=True "
