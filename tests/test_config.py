@@ -250,6 +250,10 @@ def test_class_config_flat_fields_and_aliases():
     assert cfg.rgb_root_folder == "/d/NYU/RGB" and cfg.eval_source == "/d/NYU/test.txt"
     assert cfg.root_dir == "/d" and cfg.max_iters == 3 and cfg.pretrained_model is None
     assert cfg.val_file_length == 1
+    cfg = load_config("local_configs.NYUDepthv2.DFormer_Large", ["val_interval=5"])
+    assert cfg.val_interval == 5
+    cfg = load_config("local_configs.NYUDepthv2.DFormer_Large", ["train_cfg.val_interval=reference"])
+    assert cfg.val_interval is None
     cfg = load_config("local_configs/NYUDepthv2/DFormer_Large.py",
                       ["root_dir=/r", "*.dataset.data_root=/r/NYUDepthv2"])
     assert cfg.x_root_folder == "/r/NYUDepthv2/Depth"

@@ -315,6 +315,8 @@ def _apply_class_options(cfg, options):
         if field in explicit and cfg[field] != value:
             raise ConfigError(f"--cfg-options {key}: {field} set twice with different values")
         explicit.add(field)
+        if field == "val_interval" and value == "reference":
+            value = None  # the reference's epoch schedule, as in configs/ files
         cfg[field] = value
     _rederive_class(cfg, before, explicit)
     return cfg
