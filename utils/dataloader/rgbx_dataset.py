@@ -221,6 +221,12 @@ _POOL_DATASET = None  # the dataset a forked loader process works for
 
 def _pool_init():
     cv2.setNumThreads(1)  # parallelism comes from the processes
+    # A worker forked during training inherits the trainer's Python SIGTERM/SIGINT
+    # handlers, which only set a flag: an idle worker would then survive the pool's
+    # terminate() and the run would hang at exit. Workers take the default actions.
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _pool_load(indices):
