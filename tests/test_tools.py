@@ -24,10 +24,12 @@ MISSION_TRAIN = ["train_cfg.max_iters=1", "train_cfg.val_interval=1",
 MISSION_TEST = ["val_dataloader.batch_size=1", "val_dataloader.dataset.file_length=1"]
 
 
-def small(root):
-    """The overrides this machine needs: the generated data, no ImageNet file, 64x64 crops."""
+def small(root, workers=0):
+    """The overrides this machine needs: the generated data, no ImageNet file, 64x64 crops
+    (and ``workers`` loader processes; None keeps the config's)."""
     return [f"*.dataset.data_root={root}", "model.pretrained=None",
-            "train_dataloader.dataset.pipeline.crop_size=(64,64)", "train_dataloader.num_workers=0"]
+            "train_dataloader.dataset.pipeline.crop_size=(64,64)"] + \
+        ([] if workers is None else [f"train_dataloader.num_workers={workers}"])
 
 
 def run(args, timeout=1200):
@@ -54,10 +56,11 @@ def nyu(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(nyu, tmp_path_factory):
-    """The mission's training command (DFormer-Large), with the data/pretrained overrides."""
+    """The mission's training command (DFormer-Large), with the data/pretrained overrides;
+    the config's 16 loader processes are kept (a mid-epoch stop must still exit)."""
     work = tmp_path_factory.mktemp("mission_train")
     proc = run(["tools/train.py", "--config", NYU_L, "--no-progress", "--cfg-options",
-                *MISSION_TRAIN, *small(nyu), f"work_dir={work}"])
+                *MISSION_TRAIN, *small(nyu, workers=None), f"work_dir={work}"])
     return work, proc
 
 
