@@ -28,13 +28,13 @@ def eval_shape(cfg):
     return int(cfg.get("image_height", 480)), int(cfg.get("image_width", 640))
 
 
-def benchmark(config, shape=None):
+def benchmark(config, shape=None, cfg_options=None):
     """Counts for ``config`` (dotted name or path) as a plain dict."""
     from utils.config import load_config
     from models.builder import EncoderDecoder
     from utils.flops import count_flops, count_params
 
-    cfg = load_config(config)
+    cfg = load_config(config, cfg_options)
     model = EncoderDecoder(cfg, load_pretrained=False)
     params = count_params(model)
     full_shape = tuple(shape) if shape else eval_shape(cfg)
@@ -92,8 +92,10 @@ def main(argv=None):
                         help="input size for both counts (default: evaluation size / 480x640)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
+    from utils.config import add_cfg_options_argument
+    add_cfg_options_argument(parser)
     args = parser.parse_args(argv)
-    res = benchmark(args.config, args.shape)
+    res = benchmark(args.config, args.shape, args.cfg_options)
     if args.json:
         print(json.dumps(res))
     else:

@@ -35,6 +35,7 @@ __all__ = ["InputError", "MST_SCALES", "check_sizes", "inference_model", "init_m
 
 
 from utils.errors import CheckpointError, ConfigError, InputError  # noqa: E402  (InputError re-exported)
+from utils.config import override_config  # noqa: E402  (re-exported)
 
 
 # ----------------------------------------------------------------------------- model
@@ -47,49 +48,27 @@ def _select_device(device):
     return runtime.init_device(device == "cuda")
 
 
-def _resolve_config(config):
-    from easydict import EasyDict
+def _resolve_config(config, cfg_options=None):
     from utils.config import load_config
-    if isinstance(config, str):
-        return load_config(config)
-    if isinstance(config, dict):
-        return EasyDict(copy.deepcopy(dict(config)))
+    if isinstance(config, (str, dict)):
+        return load_config(config if isinstance(config, str) else copy.deepcopy(dict(config)),
+                           cfg_options)
     raise TypeError("config must be a config name (e.g. 'local_configs.NYUDepthv2.DFormer_Base') "
                     "or an EasyDict.")
 
 
-def override_config(cfg, options):
-    """Apply ``["key=value", ...]`` overrides to ``cfg`` (values parsed as Python literals).
-
-    Only top-level keys that already exist may be set, so a typo fails loudly.
-    """
-    import ast
-    for option in options or ():
-        key, sep, text = option.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"bad config option {option!r}: expected key=value")
-        if key not in cfg:
-            raise ValueError(f"unknown config key {key!r} in option {option!r}")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        cfg[key] = value
-    return cfg
-
-
-def init_model(config, checkpoint=None, device=None, strict=True):
+def init_model(config, checkpoint=None, device=None, strict=True, cfg_options=None):
     """Build the segmentor of ``config`` in eval mode, with ``checkpoint`` loaded.
 
-    ``config``: dotted config name or EasyDict. ``checkpoint``: official ``.pth`` or our
+    ``config``: dotted config name, configs/ file or EasyDict (``cfg_options``:
+    ``["key=value", ...]`` as ``--cfg-options``). ``checkpoint``: official ``.pth`` or our
     ``.pkl``; without one the model keeps random decoder weights (and the ImageNet
     backbone when its file exists) and a warning is issued. ``device``: "auto"
     (default: CUDA when available), "cpu" or "cuda". The config is kept as ``model.cfg``.
     """
     from models.builder import build_model
     _select_device(device)
-    cfg = _resolve_config(config)
+    cfg = _resolve_config(config, cfg_options)
     if checkpoint is None:
         pretrained = cfg.get("pretrained_model")
         if pretrained and not os.path.isfile(pretrained):

@@ -23,7 +23,7 @@ from utils import runtime  # noqa: E402
 runtime.setup()  # before jittor is imported
 import jittor as jt  # noqa: E402
 
-from utils.config import load_config  # noqa: E402
+from utils.config import add_cfg_options_argument, load_config  # noqa: E402
 from utils.errors import ArgumentParser, ConfigError, run_cli  # noqa: E402
 from utils.metrics import format_metrics_table  # noqa: E402
 from utils.engine.evaluator import MST_SCALES, evaluate, is_main_process  # noqa: E402
@@ -33,7 +33,9 @@ def parse_args(argv=None):
     p = ArgumentParser(description="Evaluate a DFormer/DFormerv2 checkpoint (mIoU etc.).")
     p.add_argument("--config", required=True,
                    help="config name, e.g. local_configs.NYUDepthv2.DFormer_Large")
-    p.add_argument("--checkpoint", required=True, help="trained weights: official .pth or our .pkl")
+    p.add_argument("--checkpoint", default=None,
+                   help="trained weights: official .pth or our .pkl (default: the config's "
+                        "load_from; without either, untrained weights are evaluated)")
     p.add_argument("--mst", action=argparse.BooleanOptionalAction, default=False,
                    help="multi-scale 0.5,0.75,1,1.25,1.5 + flip, as the reference (default: off)")
     p.add_argument("--scales", type=float, nargs="+", default=None,
@@ -54,8 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=None,
                    help="seed Jittor's RNG (fixes the decoder's random NMF bases)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=None,
-                   help="override config fields, e.g. num_workers=0 eval_crop_size=[480,480]")
+    add_cfg_options_argument(p)
     p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
                    help="require every model tensor in the checkpoint (default: on)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
@@ -84,7 +85,7 @@ def resolve_modes(args):
 
 def build_loader(cfg, args):
     from utils.dataloader import build_val_loader, default_val_batch_size
-    batch = args.batch_size or default_val_batch_size(cfg)
+    batch = args.batch_size or cfg.get("val_batch_size") or default_val_batch_size(cfg)
     if jt.in_mpi and batch < jt.world_size:
         batch = jt.world_size  # Jittor needs at least one sample per rank and batch
     return build_val_loader(cfg, batch_size=batch, num_workers=args.num_workers)
@@ -121,10 +122,19 @@ def write_json(path, metrics, info):
         json.dump({"metrics": _jsonable(metrics), "run": info}, f, indent=2)
 
 
-def main(argv=None):
+def main(argv=None, cfg=None, callback=None):
+    """Command-line entry point; ``cfg`` replaces loading ``--config`` (tools/test.py),
+    ``callback(batch, pred)`` is called for every batch besides --save-pred's."""
     args = parse_args(argv)
     device = runtime.init_device(None if args.device == "auto" else args.device == "cuda")
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options) if cfg is None else cfg
+    args.checkpoint = args.checkpoint or cfg.get("load_from")
+    if args.checkpoint is None:
+        import warnings
+        warnings.warn("no --checkpoint and no load_from in the config: evaluating UNTRAINED "
+                      "weights (the numbers mean nothing)", RuntimeWarning, stacklevel=2)
+        if cfg.get("pretrained_model") and not os.path.isfile(cfg.pretrained_model):
+            cfg.pretrained_model = None
     if args.pad_sunrgbd is not None:
         cfg.pad_SUNRGBD = args.pad_sunrgbd
     scales, flip = resolve_modes(args)
@@ -134,12 +144,15 @@ def main(argv=None):
     loader = build_loader(cfg, args)
     if is_main_process():
         print(f"[eval] {runtime.describe()}")
+        report = getattr(model, "load_report", None)
         print(f"[eval] config {args.config}, checkpoint {args.checkpoint} "
-              f"({model.load_report.summary()})")
+              f"({report.summary() if report else 'untrained weights'})")
         print(f"[eval] scales {list(scales)}, flip {flip}, sliding {args.sliding}, "
               f"pad_SUNRGBD {bool(cfg.get('pad_SUNRGBD'))}, batch {loader.batch_size}"
               + (f", world size {jt.world_size}" if jt.in_mpi else ""))
-    callback = prediction_saver(args.save_pred, cfg) if args.save_pred else None
+    callbacks = [c for c in (prediction_saver(args.save_pred, cfg) if args.save_pred else None,
+                             callback) if c is not None]
+    callback = (lambda batch, pred: [c(batch, pred) for c in callbacks]) if callbacks else None
     start = time.time()
     metrics = evaluate(model, loader, cfg, scales=scales, flip=flip, sliding=args.sliding,
                        max_iters=args.max_val_iters, progress=args.progress, seed=args.seed,

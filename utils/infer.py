@@ -29,6 +29,7 @@ from utils import runtime  # noqa: E402
 runtime.setup()  # before jittor is imported
 from utils.api import (InputError, MST_SCALES, check_sizes, inference_model, init_model,  # noqa: E402
                        read_depth, read_label, read_rgb)
+from utils.config import add_cfg_options_argument  # noqa: E402
 from utils import visualize as vis  # noqa: E402
 from utils.errors import ArgumentParser, CheckpointError, run_cli  # noqa: E402
 
@@ -58,8 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--max-images", type=int, default=None, help="process at most this many images")
     p.add_argument("--seed", type=int, default=None, help="seed Jittor's RNG (NMF bases)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=None,
-                   help="override config fields, e.g. num_classes=8")
+    add_cfg_options_argument(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
     args = p.parse_args(argv)
     modes = [bool(args.rgb or args.depth), bool(args.rgb_dir or args.depth_dir), bool(args.split)]

@@ -21,7 +21,6 @@ reported apart. Typical use: ``--train --shape 240 320 --batch 2``.
 (best of a few 2048^3 products on the CPU, 4096^3 on CUDA) and reports the model's FLOP rate (full count of
 utils/flops.py) as a percentage of it.
 """
-import argparse
 import json
 import math
 import os
@@ -73,13 +72,14 @@ def matmul_peak_gflops(n=None, runs=5):
     return 2.0 * n ** 3 / best / 1e9
 
 
-def measure(config, shape=(480, 640), batch=1, warmup=3, iters=10, efficiency=False):
+def measure(config, shape=(480, 640), batch=1, warmup=3, iters=10, efficiency=False,
+            cfg_options=None):
     """Latency figures of ``config`` as a dict (times in ms, first call in s)."""
     from utils.config import load_config
     from models.builder import EncoderDecoder
 
     device = runtime.init_device()
-    cfg = load_config(config)
+    cfg = load_config(config, cfg_options)
     model = EncoderDecoder(cfg, load_pretrained=False)
     model.eval()
     fix_nmf_bases(model, batch)
@@ -115,7 +115,7 @@ def measure(config, shape=(480, 640), batch=1, warmup=3, iters=10, efficiency=Fa
     return res
 
 
-def measure_train(config, shape=(240, 320), batch=2, warmup=1, iters=5):
+def measure_train(config, shape=(240, 320), batch=2, warmup=1, iters=5, cfg_options=None):
     """Seconds per training iteration of ``config`` (forward + backward + AdamW step).
 
     The optimiser is the project's (utils/engine/optim.py: reference parameter
@@ -131,7 +131,7 @@ def measure_train(config, shape=(240, 320), batch=2, warmup=1, iters=5):
 
     device = runtime.init_device()
     flush_to_zero()                 # as the trainer does at start-up
-    cfg = load_config(config)
+    cfg = load_config(config, cfg_options)
     model = EncoderDecoder(cfg, load_pretrained=False)
     model.train()
     groups = group_parameters(model, train_all=bool(cfg.get("train_all_params", False)))
@@ -198,6 +198,7 @@ def format_report(res):
 
 
 def main(argv=None):
+    from utils.config import add_cfg_options_argument
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="e.g. local_configs.NYUDepthv2.DFormer_Tiny")
     parser.add_argument("--shape", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -211,6 +212,7 @@ def main(argv=None):
     parser.add_argument("--train", action="store_true",
                         help="time training iterations (forward + backward + AdamW) instead")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
+    add_cfg_options_argument(parser)
     args = parser.parse_args(argv)
     shape = args.shape or ((240, 320) if args.train else (480, 640))
     batch = args.batch or (2 if args.train else 1)
@@ -219,9 +221,11 @@ def main(argv=None):
     if args.train and args.efficiency:
         parser.error("--efficiency applies to the forward benchmark, not --train")
     if args.train:
-        res = measure_train(args.config, shape, batch, args.warmup, args.iters)
+        res = measure_train(args.config, shape, batch, args.warmup, args.iters,
+                            cfg_options=args.cfg_options)
     else:
-        res = measure(args.config, shape, batch, args.warmup, args.iters, args.efficiency)
+        res = measure(args.config, shape, batch, args.warmup, args.iters, args.efficiency,
+                      cfg_options=args.cfg_options)
     print(json.dumps(res) if args.json else format_report(res))
 
 

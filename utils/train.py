@@ -30,7 +30,7 @@ from utils import runtime  # noqa: E402
 runtime.setup()  # before jittor is imported
 import jittor as jt  # noqa: E402
 
-from utils.config import load_config  # noqa: E402
+from utils.config import add_cfg_options_argument, load_config  # noqa: E402
 from utils.errors import ArgumentParser, CheckpointError, ConfigError, UserError, run_cli  # noqa: E402,E501
 
 
@@ -84,6 +84,7 @@ def build_parser():
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.add_argument("--debug", action="store_true",
                    help="show the traceback of known errors (or set DFORMER_DEBUG=1)")
+    add_cfg_options_argument(p)
     return p
 
 
@@ -91,7 +92,7 @@ def build_parser():
 
 def prepare_config(args, cfg=None):
     """Load the config (or take ``cfg``) and apply the command-line overrides."""
-    cfg = load_config(args.config) if cfg is None else cfg
+    cfg = load_config(args.config, args.cfg_options) if cfg is None else cfg
     if args.epochs is not None:
         cfg.nepochs = int(args.epochs)
     if args.batch_size_override is not None:
@@ -124,8 +125,8 @@ def resolve_work_dir(args, cfg):
 
     Under MPI every rank must agree: the timestamp is taken on rank 0 and broadcast.
     """
-    if args.work_dir:
-        return os.path.abspath(args.work_dir)
+    if args.work_dir or cfg.get("work_dir"):
+        return os.path.abspath(args.work_dir or cfg.work_dir)
     if args.resume and args.resume != "latest":
         return os.path.dirname(os.path.abspath(args.resume))
     if args.resume == "latest":
@@ -162,7 +163,8 @@ def resolve_amp(args, device, logger):
 
 
 def build_model(cfg, args, resuming, logger):
-    """The segmentor (+ ZeroDepth wrapper): ImageNet weights unless resuming."""
+    """The segmentor (+ ZeroDepth wrapper): ImageNet weights unless resuming, then the
+    config's ``load_from`` weights (non-strict, as mmengine) unless resuming."""
     from models.builder import EncoderDecoder
     from utils.engine.trainer import ZeroDepth
     try:
@@ -175,8 +177,21 @@ def build_model(cfg, args, resuming, logger):
     elif not resuming:
         logger.warning("No pretrained backbone (C.pretrained_model is empty): training from "
                        "scratch.")
+    if cfg.get("load_from") and not resuming:
+        from utils.checkpoint import load_trained_weights
+        report = load_trained_weights(model, cfg.load_from, strict=False)
+        logger.info(f"load_from {cfg.load_from}: {report.summary()}")
     forward = ZeroDepth(model) if args.zero_depth else model
     return model, forward
+
+
+def validation_plan(args, cfg):
+    """(val_every, val_interval) for TrainOptions: --val-every wins, then the config's
+    ``val_interval`` (k iterations; 0 never), else the reference's epoch schedule."""
+    if args.val_every is not None or cfg.get("val_interval") is None:
+        return args.val_every, None
+    k = int(cfg.val_interval)
+    return (0, None) if k == 0 else (None, k)
 
 
 def build_loaders(cfg, args, seed):
@@ -184,11 +199,12 @@ def build_loaders(cfg, args, seed):
     from utils.dataloader import build_train_loader, build_val_loader, default_val_batch_size
     train_loader = build_train_loader(cfg, seed=seed)
     val_loader = None
-    if args.val_every != 0:
+    if validation_plan(args, cfg)[0] != 0:
         n = jt.world_size if jt.in_mpi else 1
         # The reference's train.py: NYU-like datasets validate with C.batch_size, SUN RGB-D
         # (padded or not) with one image per GPU.
         batch = n if cfg.dataset_name == "SUNRGBD" else max(default_val_batch_size(cfg), n)
+        batch = max(int(cfg.get("val_batch_size") or batch), n)
         val_loader = build_val_loader(cfg, batch_size=batch)
     return train_loader, val_loader
 
@@ -274,10 +290,14 @@ def build_trainer(args, cfg=None):
     train_loader, val_loader = build_loaders(cfg, args, cfg.seed)
     if val_loader is not None:
         logger.info(f"val dataset len: {len(val_loader.names)}")
-    opts = TrainOptions(max_iters=args.max_iters, max_val_iters=args.max_val_iters,
-                        val_every=args.val_every, mst=args.mst, sliding=args.sliding, amp=amp,
-                        val_amp=val_amp, seed=cfg.seed, ckpt_every=args.ckpt_every,
-                        progress=not args.no_progress, skip_nonfinite=args.skip_nonfinite)
+    val_every, val_interval = validation_plan(args, cfg)
+    opts = TrainOptions(max_iters=args.max_iters if args.max_iters is not None
+                        else cfg.get("max_iters"), max_val_iters=args.max_val_iters,
+                        val_every=val_every, mst=args.mst, sliding=args.sliding, amp=amp,
+                        val_amp=val_amp, seed=cfg.seed,
+                        ckpt_every=args.ckpt_every or cfg.get("checkpoint_interval") or 0,
+                        progress=not args.no_progress, val_interval=val_interval,
+                        skip_nonfinite=args.skip_nonfinite)
     trainer = Trainer(cfg, model, optimizer, schedule, train_loader, val_loader, run.work_dir,
                       opts, logger, tensorboard_writer(run.work_dir, run.rank, logger),
                       forward_model=forward)
@@ -285,7 +305,7 @@ def build_trainer(args, cfg=None):
     return trainer, (run.resume, state)
 
 
-def resume_command(argv, work_dir):
+def resume_command(argv, work_dir, script="utils/train.py"):
     """The command line that resumes this run: ``argv`` with ``--work-dir W --resume``."""
     kept, skip = [], False
     for arg in argv:
@@ -299,16 +319,22 @@ def resume_command(argv, work_dir):
         if arg.startswith(("--resume=", "--work-dir=")):
             continue
         kept.append(arg)
-    return shlex.join(["python", "utils/train.py", *kept, "--work-dir", work_dir, "--resume"])
+    return shlex.join(["python", script, *kept, "--work-dir", work_dir, "--resume"])
 
 
 def main(argv=None, cfg=None):
     """Command-line entry point; ``cfg`` (a config object) replaces loading ``--config``."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv), cfg, argv)
+
+
+def run(args, cfg=None, argv=(), script="utils/train.py"):
+    """Train with parsed arguments (tools/train.py calls this too); returns the exit status.
+
+    ``argv`` and ``script`` make the resume command shown when the run fails."""
     trainer, (resume, state) = build_trainer(args, cfg)
     trainer.resume_command = resume_command([a for a in argv if a != "--debug"],
-                                            trainer.work_dir)
+                                            trainer.work_dir, script)
     try:
         if resume:
             trainer.resume(resume, state)

@@ -377,7 +377,9 @@ def ensure_synthetic_dataset(cfg, workers=1, verbose=True):
     """
     root = cfg.dataset_path
     height, width = cfg.get("synthetic_size", (cfg.image_height, cfg.image_width))
-    want = _meta(cfg.get("synthetic_seed", 0), cfg.num_train_imgs, cfg.num_eval_imgs, height, width)
+    # synthetic_counts: the generated sizes when num_train_imgs/num_eval_imgs were overridden
+    n_train, n_test = cfg.get("synthetic_counts") or (cfg.num_train_imgs, cfg.num_eval_imgs)
+    want = _meta(cfg.get("synthetic_seed", 0), n_train, n_test, height, width)
     have = read_meta(root)
     if have is None and not osp.exists(root):
         try:

@@ -191,7 +191,7 @@ class TrainOptions:
 
     def __init__(self, max_iters=None, max_val_iters=None, val_every=None, mst=True,
                  sliding=False, amp=False, val_amp=False, seed=12345, ckpt_every=0,
-                 progress=True, val_on_stop=True, skip_nonfinite=0):
+                 progress=True, val_on_stop=True, skip_nonfinite=0, val_interval=None):
         self.max_iters = max_iters
         self.max_val_iters = max_val_iters
         self.val_every = val_every      # None: reference schedule; 0: never
@@ -204,6 +204,8 @@ class TrainOptions:
         self.progress = progress
         self.val_on_stop = val_on_stop
         self.skip_nonfinite = int(skip_nonfinite or 0)  # batches with a NaN/inf loss to skip
+        # k > 0: validate every k iterations and at the end instead of at epoch ends
+        self.val_interval = int(val_interval or 0)
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -253,6 +255,7 @@ class Trainer:
         self._updating = False          # inside the optimiser step: the weights are in flux
         self._buffers = None            # forward-updated tensors before this iteration
         self.resume_command = None      # shown when a run fails (utils/train.py sets it)
+        self._validated_iteration = None
 
     # -- paths
 
@@ -452,7 +455,7 @@ class Trainer:
     def _finish(self, reason):
         mid_epoch = self.iteration % self.niters != 0
         if reason == "max_iters" and mid_epoch and self.opts.val_on_stop \
-                and self.val_loader is not None:
+                and self.val_loader is not None and self._validated_iteration != self.iteration:
             self.validate(round(self.iteration / self.niters, 3), label="final")
         if self._saved_iteration != self.iteration:
             self.save(self.latest_path)
@@ -496,6 +499,8 @@ class Trainer:
             if math.isfinite(loss):
                 sum_loss, count = sum_loss + loss, count + 1
             self._log_iteration(epoch, idx, loss, sum_loss / max(count, 1), bar)
+            if self._iteration_val_due(end):
+                self.validate(round(self.iteration / self.niters, 3))
             if idx + 1 == self.niters:
                 break
             stop = self._signal_stop()
@@ -601,8 +606,14 @@ class Trainer:
         self._log_eta(epoch)
         self.tb.flush()
 
+    def _iteration_val_due(self, end):
+        """Iteration-based validation (``val_interval``): every k iterations and at the end."""
+        k = self.opts.val_interval
+        return bool(k and self.val_loader is not None
+                    and (self.iteration % k == 0 or self.iteration == end))
+
     def val_due(self, epoch):
-        if self.val_loader is None:
+        if self.val_loader is None or self.opts.val_interval:
             return False
         every = self.opts.val_every
         if every is None:
@@ -634,6 +645,7 @@ class Trainer:
         else:
             metrics = evaluate(self.forward_model, self.val_loader, self.cfg, **kwargs)
         self.eval_timer.add(time.time() - start)
+        self._validated_iteration = self.iteration
         self.last_metrics = metrics
         miou = metrics.get("miou")
         improved = miou is not None and (self.best_miou is None or miou > self.best_miou)
