@@ -313,6 +313,10 @@ def test_eval_cli_mst_flags(tiny):
     assert eval_cli.resolve_modes(args) == ((1.0,), False)
     args = eval_cli.parse_args(_eval_argv(tiny[3], "--scales", "0.75", "1.25"))
     assert eval_cli.resolve_modes(args) == ((0.75, 1.25), True)
+    # --mst takes the config's scales and flip (configs/ files set them through `tta`)
+    args = eval_cli.parse_args(_eval_argv(tiny[3], "--mst"))
+    cfg = {"eval_scale_array": [0.75, 1.0], "eval_flip": False}
+    assert eval_cli.resolve_modes(args, cfg) == ((0.75, 1.0), False)
 
 
 def test_eval_cli_bad_checkpoint(tiny, monkeypatch, tmp_path):

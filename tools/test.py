@@ -22,16 +22,14 @@ runtime.setup()  # before jittor is imported
 
 import argparse  # noqa: E402
 
-from utils.errors import ConfigError, run_cli  # noqa: E402
+from utils.errors import ArgumentParser, ConfigError, run_cli  # noqa: E402
 
 
 def build_parser():
-    from utils.config import add_cfg_options_argument
-    p = argparse.ArgumentParser(description="Evaluate DFormer/DFormerv2 (Jittor) from a configs/ "
-                                            "file or a local_configs config.")
-    p.add_argument("config_path", nargs="?", default=None, metavar="CONFIG",
-                   help="configs/**.py file, local_configs dotted name or path")
-    p.add_argument("--config", default=None, help="the config, as the positional CONFIG")
+    from utils.config import add_cfg_options_argument, add_config_arguments
+    p = ArgumentParser(description="Evaluate DFormer/DFormerv2 (Jittor) from a configs/ "
+                                   "file or a local_configs config.")
+    add_config_arguments(p)
     p.add_argument("--checkpoint", default=None,
                    help="trained weights (official .pth or our .pkl); default: the config's "
                         "load_from")
@@ -111,13 +109,9 @@ def eval_argv(args, cfg):
 
 
 def main(argv=None):
+    from utils.config import resolve_config_argument
     p = build_parser()
-    args = p.parse_args(argv)
-    if args.config and args.config_path and args.config != args.config_path:
-        p.error(f"two configs given: {args.config_path} and --config {args.config}")
-    args.config = args.config or args.config_path
-    if not args.config:
-        p.error("a config is required (positional CONFIG or --config)")
+    args = resolve_config_argument(p, p.parse_args(argv))
     if args.max_iters is not None and args.max_iters < 1:
         p.error("--max-iters must be >= 1")
     from utils.config import load_config

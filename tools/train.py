@@ -26,15 +26,12 @@ from utils.errors import ConfigError, run_cli  # noqa: E402
 
 
 def build_parser():
+    from utils.config import add_config_arguments
     from utils.train import build_parser as engine_parser
     p = engine_parser()
     p.description = ("Train DFormer/DFormerv2 (Jittor) from a configs/ file or a local_configs "
                      "config; every utils/train.py flag works too.")
-    p._option_string_actions["--config"].required = False
-    p._option_string_actions["--config"].help = (
-        "configs/**.py file, local_configs dotted name or local_configs/**.py path")
-    p.add_argument("config_path", nargs="?", default=None, metavar="CONFIG",
-                   help="the config, as --config")
+    add_config_arguments(p)
     p.add_argument("--load-from", default=None, metavar="PATH",
                    help="start from these weights (official .pth or our .pkl; non-strict), "
                         "as the config's load_from")
@@ -44,14 +41,9 @@ def build_parser():
 
 
 def parse_args(argv=None):
+    from utils.config import resolve_config_argument
     p = build_parser()
-    args = p.parse_args(argv)
-    if args.config and args.config_path and args.config != args.config_path:
-        p.error(f"two configs given: {args.config_path} and --config {args.config}")
-    args.config = args.config or args.config_path
-    if not args.config:
-        p.error("a config is required (positional CONFIG or --config)")
-    return args
+    return resolve_config_argument(p, p.parse_args(argv))
 
 
 def main(argv=None):

@@ -59,6 +59,31 @@ _PATH_FIELDS = ("rgb_root_folder", "gt_root_folder", "x_root_folder", "train_sou
 
 # ============================================================================ --cfg-options
 
+CONFIG_HELP = "configs/**.py file, local_configs dotted name or local_configs/**.py path"
+
+
+def add_config_arguments(parser):
+    """Let ``parser`` take the config as a positional CONFIG or as ``--config``."""
+    action = parser._option_string_actions.get("--config")
+    if action is None:
+        parser.add_argument("--config", default=None, help=CONFIG_HELP)
+    else:
+        action.required, action.help = False, CONFIG_HELP
+    parser.add_argument("config_path", nargs="?", default=None, metavar="CONFIG",
+                        help="the config, as --config")
+    return parser
+
+
+def resolve_config_argument(parser, args):
+    """Set ``args.config`` from CONFIG or --config; giving neither or two different is an error."""
+    if args.config and args.config_path and args.config != args.config_path:
+        parser.error(f"two configs given: {args.config_path} and --config {args.config}")
+    args.config = args.config or args.config_path
+    if not args.config:
+        parser.error("a config is required (positional CONFIG or --config)")
+    return args
+
+
 def add_cfg_options_argument(parser):
     """Add ``--cfg-options KEY=VALUE ...`` (the same flag on every entry point)."""
     parser.add_argument(

@@ -26,7 +26,7 @@ import jittor as jt  # noqa: E402
 from utils.config import add_cfg_options_argument, load_config  # noqa: E402
 from utils.errors import ArgumentParser, ConfigError, run_cli  # noqa: E402
 from utils.metrics import format_metrics_table  # noqa: E402
-from utils.engine.evaluator import MST_SCALES, evaluate, is_main_process  # noqa: E402
+from utils.engine.evaluator import evaluate, is_main_process, tta_modes  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -69,15 +69,17 @@ def parse_args(argv=None):
     return args
 
 
-def resolve_modes(args):
-    """(scales, flip) from --mst / --scales / --flip."""
+def resolve_modes(args, cfg=None):
+    """(scales, flip) from --mst (the config's tta_modes) / --scales / --flip."""
+    mst_scales, mst_flip = tta_modes(cfg or {})
     if args.scales is not None:
         scales = tuple(args.scales)
     elif args.mst:
-        scales = MST_SCALES
+        scales = mst_scales
     else:
         scales = (1.0,)
-    flip = args.flip if args.flip is not None else (args.mst or args.scales is not None)
+    flip = args.flip if args.flip is not None else \
+        ((args.mst and mst_flip) or args.scales is not None)
     if any(s <= 0 for s in scales):
         raise ConfigError("--scales must be positive")
     return scales, bool(flip)
@@ -137,7 +139,7 @@ def main(argv=None, cfg=None, callback=None):
             cfg.pretrained_model = None
     if args.pad_sunrgbd is not None:
         cfg.pad_SUNRGBD = args.pad_sunrgbd
-    scales, flip = resolve_modes(args)
+    scales, flip = resolve_modes(args, cfg)
 
     from models.builder import build_model
     model = build_model(cfg, checkpoint=args.checkpoint, strict=args.strict)

@@ -27,9 +27,10 @@ from tqdm import tqdm  # noqa: E402
 
 from utils import runtime  # noqa: E402
 runtime.setup()  # before jittor is imported
-from utils.api import (InputError, MST_SCALES, check_sizes, inference_model, init_model,  # noqa: E402
+from utils.api import (InputError, check_sizes, inference_model, init_model,  # noqa: E402
                        read_depth, read_label, read_rgb)
 from utils.config import add_cfg_options_argument  # noqa: E402
+from utils.engine.evaluator import tta_modes  # noqa: E402
 from utils import visualize as vis  # noqa: E402
 from utils.errors import ArgumentParser, CheckpointError, run_cli  # noqa: E402
 
@@ -243,8 +244,8 @@ def main(argv=None):
     if args.seed is not None:
         import jittor as jt
         jt.set_global_seed(args.seed)
-    modes = {"scales": MST_SCALES if args.mst else (1.0,), "flip": args.flip or args.mst,
-             "sliding": args.sliding}
+    scales, flip = tta_modes(cfg) if args.mst else ((1.0,), False)
+    modes = {"scales": scales, "flip": args.flip or flip, "sliding": args.sliding}
     writer = Writer(args.out, cfg, args.opacity)
     done, failed = process(jobs, model, writer, cfg, modes, stop_on_error=bool(args.rgb))
     report(done, skipped + failed, args.out)

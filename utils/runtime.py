@@ -202,7 +202,9 @@ def init_device(use_cuda=None):
     if use_cuda is None:
         use_cuda = bool(jt.has_cuda)
     if use_cuda and not jt.has_cuda:
-        raise RuntimeError("CUDA was requested but Jittor found no usable GPU/CUDA runtime.")
+        from utils.errors import ConfigError
+        raise ConfigError("CUDA was requested but Jittor found no usable GPU/CUDA runtime; "
+                          "use --device cpu (or auto), or check the NVIDIA driver")
     jt.flags.use_cuda = 1 if use_cuda else 0
     return "cuda" if use_cuda else "cpu"
 

@@ -26,6 +26,8 @@ def base_config():
     C.train_all_params = False
     # evaluation
     C.eval_stride_rate = 2 / 3
+    C.eval_scale_array = [0.5, 0.75, 1.0, 1.25, 1.5]  # --mst / --tta: these scales ...
+    C.eval_flip = True                                 # ... and the horizontal flip
     C.pad_SUNRGBD = False
     C.checkpoint_step = 25
     return C

@@ -129,11 +129,8 @@ def _is_single(img):
 
 
 def _tta(model, tta):
-    from utils.engine.evaluator import MST_SCALES
-    if not tta:
-        return (1.0,), False
-    cfg = model.cfg
-    return tuple(cfg.get("eval_scale_array") or MST_SCALES), bool(cfg.get("eval_flip", True))
+    from utils.engine.evaluator import tta_modes
+    return tta_modes(model.cfg) if tta else ((1.0,), False)
 
 
 def _infer_one(model, img, scales, flip, sliding):

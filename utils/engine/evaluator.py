@@ -46,7 +46,14 @@ from jittor import nn
 from models.ops import resize
 from utils.metrics import ConfusionMatrix, compute_metrics
 
-MST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # the reference's hard-coded --mst scales
+MST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # the reference's --mst scales (configs' default)
+
+
+def tta_modes(cfg):
+    """(scales, flip) of multi-scale testing (--mst / --tta): the config's
+    ``eval_scale_array`` and ``eval_flip``, the reference's values by default."""
+    return (tuple(float(s) for s in (cfg.get("eval_scale_array") or MST_SCALES)),
+            bool(cfg.get("eval_flip", True)))
 SIZE_MULTIPLE = 32
 
 

@@ -633,10 +633,10 @@ class Trainer:
 
     def validate(self, epoch, label=None):
         """Evaluate on the validation loader; track and save the best mIoU."""
-        from utils.engine.evaluator import evaluate, MST_SCALES
+        from utils.engine.evaluator import evaluate, tta_modes
         start = time.time()
-        scales = MST_SCALES if self.opts.mst else (1.0,)
-        kwargs = dict(scales=scales, flip=self.opts.mst, sliding=self.opts.sliding,
+        scales, flip = tta_modes(self.cfg) if self.opts.mst else ((1.0,), False)
+        kwargs = dict(scales=scales, flip=flip, sliding=self.opts.sliding,
                       max_iters=self.opts.max_val_iters, progress=self.opts.progress,
                       seed=derived_seed(self.opts.seed, 7919, int(epoch * self.niters)))
         if self.opts.val_amp:
