@@ -15,6 +15,8 @@ import sys
 import numpy as np
 import pytest
 
+from utils.errors import ConfigError
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 NYU_L = "configs/dformer/dformer_large_8xb8-500e_nyudepthv2-480x640.py"
 NYU_T = "configs/dformer/dformer_tiny_8xb8-500e_nyudepthv2-480x640.py"
@@ -161,13 +163,9 @@ def test_every_entry_point_takes_cfg_options():
 
 
 def tool_module(name):
-    """tools/<name>.py as a module (tools/ is no package; "test" would clash with the stdlib)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f"dformer_tools_{name}",
-                                                  osp.join(REPO, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """tools/<name>.py as a module of the tools package."""
+    import importlib
+    return importlib.import_module(f"tools.{name}")
 
 
 def test_tools_parse_their_flags():
@@ -177,7 +175,7 @@ def test_tools_parse_their_flags():
     assert (args.config, args.resume, args.work_dir, args.amp, args.launcher, args.load_from) \
         == (NYU_L, "latest", "w", True, "mpi", "x.pkl")
     assert train_tool.parse_args(["--config", NYU_L, "--epochs", "3"]).epochs == 3
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="a config is required"):
         train_tool.parse_args([])
     from utils.config import load_config
     cfg = load_config(NYU_L)

@@ -257,6 +257,8 @@ class RGBXDataset(Dataset):
         self.files = SampleFiles(cfg)
         split_path = cfg.train_source if split == "train" else cfg.eval_source
         self.names = read_split(split_path)
+        if split == "val" and cfg.get("val_file_length"):
+            self.names = self.names[:int(cfg.val_file_length)]  # the first N samples
         if check_files:
             self.files.check_exist(self.names, split_path)
         if length is None:

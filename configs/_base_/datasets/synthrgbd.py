@@ -17,7 +17,7 @@ _dataset = dict(
 
 train_dataloader = dict(
     batch_size=8,
-    num_workers=2,
+    num_workers=0,
     dataset=dict(
         _dataset,
         ann_file='train.txt',
