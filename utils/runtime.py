@@ -193,12 +193,25 @@ def setup():
     _tune_malloc()
 
 
+def _default_sigchld():
+    """Undo Jittor's SIGCHLD handler, which ends this process at once (nothing saved, no
+    message under ``log_silent``) whenever any child process dies from a signal. It exists
+    for Jittor's process-based data workers; our loader uses threads, and a child of ours
+    that crashes (a compiler killed for memory, a test's subprocess) must be reported by
+    whoever started it, not take the run down."""
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 def init_device(use_cuda=None):
     """Select the device: CUDA when Jittor finds one (or when forced), else CPU.
 
     Returns "cuda" or "cpu".
     """
     import jittor as jt
+    _default_sigchld()
     if use_cuda is None:
         use_cuda = bool(jt.has_cuda)
     if use_cuda and not jt.has_cuda:
