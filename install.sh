@@ -40,4 +40,4 @@ if [ "$VENV" = "none" ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]
 fi
 
 log "checking Jittor (the first run compiles its core: a few minutes)"
-"$PY" -c "from utils import runtime; runtime.setup(); import jittor; print('[install]', runtime.describe())"
+DFORMER_PARALLEL_COMPILE=1 "$PY" -c "from utils import runtime; runtime.setup(); import jittor; print('[install]', runtime.describe())"

@@ -177,6 +177,20 @@ def _cache_float_limits():
 _DONE = False
 
 
+def _serial_kernel_compiles():
+    """Compile Jittor's kernels in this process, one g++ at a time.
+
+    Otherwise Jittor forks a pool of up to 16 compiler processes the first time it needs
+    several kernels at once, which is usually mid-run, from a process that already runs
+    OpenMP and loader threads: such forks were seen to deadlock (the run hangs in its
+    first steps of a new shape) and its parallel op compiler to fail at random ("Check
+    failed: member.size() <= var_num"). ``DFORMER_PARALLEL_COMPILE=1`` keeps Jittor's
+    pool; install.sh uses it for the one-time core compile, in a fresh process.
+    """
+    if os.environ.get("DFORMER_PARALLEL_COMPILE", "0") != "1":
+        os.environ.setdefault("DISABLE_MULTIPROCESSING", "1")
+
+
 def setup():
     """Prepare the environment Jittor reads at import (see the module docstring); idempotent."""
     global _DONE
@@ -188,6 +202,7 @@ def setup():
         warnings.warn("utils.runtime.setup() called after jittor was imported: the CPU/CUDA and "
                       "oneDNN set-up may not take effect.", RuntimeWarning, stacklevel=2)
     os.environ.setdefault("log_silent", "1")  # keep Jittor's compile chatter out of the logs
+    _serial_kernel_compiles()
     _setup_cuda_visibility()
     _setup_dnnl()
     _tune_malloc()
