@@ -40,4 +40,6 @@ if [ "$VENV" = "none" ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]
 fi
 
 log "checking Jittor (the first run compiles its core: a few minutes)"
+t0=$(date +%s)
 DFORMER_PARALLEL_COMPILE=1 "$PY" -c "from utils import runtime; runtime.setup(); import jittor; print('[install]', runtime.describe())"
+log "Jittor ready in $(( $(date +%s) - t0 )) s"

@@ -5,9 +5,17 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 start=$(date +%s)
+times=()
+phase() {  # phase NAME COMMAND...: run it and remember how long it took
+  local name=$1 t0
+  shift
+  t0=$(date +%s)
+  "$@"
+  times+=("$name $(( $(date +%s) - t0 )) s")
+}
 
-bash install.sh
-bash train.sh "$@"
-bash eval.sh
-bash infer.sh --max-images 8
-echo "[quickstart] done in $(( $(date +%s) - start )) s; visualisations in output/infer/panel/"
+phase install bash install.sh
+phase train bash train.sh "$@"
+phase eval bash eval.sh
+phase infer bash infer.sh --max-images 8
+echo "[quickstart] done in $(( $(date +%s) - start )) s ($(IFS=,; echo "${times[*]}" | sed 's/,/, /g')); visualisations in output/infer/panel/"

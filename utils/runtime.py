@@ -95,7 +95,8 @@ def _setup_dnnl():
     if os.environ.get("mkl_include_path") and os.environ.get("mkl_lib_path"):
         DNNL_STATUS = "user-provided"
         return
-    mkl_root = os.path.join(os.path.expanduser("~"), ".cache", "jittor", "mkl")
+    home = os.environ.get("JITTOR_HOME") or os.path.expanduser("~")  # as Jittor finds its cache
+    mkl_root = os.path.join(home, ".cache", "jittor", "mkl")
     folder = os.path.join(mkl_root, _DNNL_DIRNAME)
     # Remove leftovers of an interrupted earlier set-up.
     for stale in glob.glob(os.path.join(mkl_root, ".dnnl-tmp-*")):
