@@ -541,6 +541,15 @@ class _Reader:
                               + ", ".join(repr(a) for a in allowed) + ")")
         return value
 
+    def take_choice(self, path, field, table, hint=""):
+        """Set ``field`` to ``table[value of path]``; a value not in the table is an error."""
+        value = self.get(path)
+        if value not in table:
+            raise ConfigError(f"{self.source}: {path}={value!r} is not supported "
+                              f"(supported: {', '.join(table)}){hint}")
+        self.put(field, table[value], path)
+        return value
+
     def put(self, field, value, path):
         """Set an internal field; two keys setting it must agree."""
         if field in self.out and self.out[field] != value:
@@ -642,11 +651,7 @@ def translate(tree, source="config", explicit=(), file_total_iters=None):
     r.take("model.backbone.type", "backbone", _str)
     r.take("model.backbone.drop_path_rate", "drop_path_rate", _number)
     r.take("model.pretrained", "pretrained_model", _opt_str)
-    head = r.get("model.decode_head.type")
-    if head not in DECODE_HEADS:
-        raise ConfigError(f"{source}: model.decode_head.type={head!r} is not supported "
-                          f"(supported: {', '.join(DECODE_HEADS)})")
-    r.put("decoder", DECODE_HEADS[head], "model.decode_head.type")
+    r.take_choice("model.decode_head.type", "decoder", DECODE_HEADS)
     r.take("model.decode_head.channels", "decoder_embed_dim", _pos_int)
     r.take("model.decode_head.num_classes", "num_classes", _pos_int)
     r.take("model.decode_head.ignore_index", "background", _int)
@@ -730,11 +735,8 @@ def translate(tree, source="config", explicit=(), file_total_iters=None):
 
     # -- optimisation
     r.expect("optim_wrapper.type", ("OptimWrapper",))
-    opt = r.get("optim_wrapper.optimizer.type")
-    if opt not in OPTIMIZERS:
-        raise ConfigError(f"{source}: optim_wrapper.optimizer.type={opt!r} is not supported "
-                          f"(supported: {', '.join(OPTIMIZERS)}); mixed precision: use --amp")
-    r.put("optimizer", OPTIMIZERS[opt], "optim_wrapper.optimizer.type")
+    opt = r.take_choice("optim_wrapper.optimizer.type", "optimizer", OPTIMIZERS,
+                        "; mixed precision: use --amp")
     r.take("optim_wrapper.optimizer.lr", "lr", _number)
     r.take("optim_wrapper.optimizer.weight_decay", "weight_decay", _number)
     if opt == "AdamW":
