@@ -172,12 +172,12 @@ def test_mission_overrides_on_a_configs_file():
         "train_cfg.max_iters=1", "train_cfg.val_interval=1", "train_dataloader.batch_size=1",
         "train_dataloader.dataset.file_length=1", "val_dataloader.batch_size=1",
         "val_dataloader.dataset.file_length=1", "*.dataset.data_root=/data/nyu",
-        "model.pretrained=None", "work_dir=/tmp/w", "load_from=/tmp/x.pkl",
+        "model.pretrained=None", "work_dir=runs/w", "load_from=runs/x.pkl",
         "randomness.seed=7"])
     assert (cfg.max_iters, cfg.val_interval, cfg.batch_size, cfg.num_train_imgs) == (1, 1, 1, 1)
     assert (cfg.val_batch_size, cfg.val_file_length, cfg.niters_per_epoch) == (1, 1, 2)
     assert cfg.pretrained_model is None and cfg.seed == 7
-    assert (cfg.work_dir, cfg.load_from) == ("/tmp/w", "/tmp/x.pkl")
+    assert (cfg.work_dir, cfg.load_from) == ("runs/w", "runs/x.pkl")
     assert cfg.dataset_path == "/data/nyu" and cfg.root_dir == "/data"
     assert cfg.rgb_root_folder == "/data/nyu/RGB" and cfg.gt_root_folder == "/data/nyu/Label"
     assert cfg.train_source == "/data/nyu/train.txt" and cfg.eval_source == "/data/nyu/test.txt"
