@@ -1,6 +1,6 @@
 """Process-wide Jittor set-up: every entry point calls :func:`setup` before ``import jittor``.
 
-Importing this module changes nothing. :func:`setup` does four things, once per
+Importing this module changes nothing. :func:`setup` does five things, once per
 process:
 
 1. Hides ``nvcc`` from Jittor when no CUDA driver is present. Jittor otherwise
@@ -16,16 +16,21 @@ process:
    (CPU convolutions are then roughly two orders of magnitude slower).
 4. Tunes glibc's malloc for this workload (see :func:`_tune_malloc`); set
    ``DFORMER_MALLOC_TUNING=0`` to keep the defaults.
+5. Compiles Jittor's kernels in this process (:func:`_serial_kernel_compiles`),
+   faster (:mod:`utils.kernel_compile`).
 
 Then :func:`init_device`, after importing jittor, selects CPU or CUDA.
 """
 import ctypes
 import glob
+import json
 import os
 import shutil
 import sys
 import tempfile
 import warnings
+
+from utils import kernel_compile
 
 _DNNL_DIRNAME = "dnnl_lnx_2.2.0_cpu_gomp"  # the folder name jittor's setup_mkl expects
 _SYSTEM_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
@@ -87,6 +92,19 @@ def _install_dnnl_link(mkl_root, include_dir, lib_path):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _jittor_home():
+    """The folder Jittor keeps its cache under: $JITTOR_HOME, else the one Jittor remembered
+    in ~/.cache/jittor/config.json (it records any JITTOR_HOME it was once given), else ~."""
+    if os.environ.get("JITTOR_HOME"):
+        return os.environ["JITTOR_HOME"]
+    try:
+        with open(os.path.join(os.path.expanduser("~"), ".cache", "jittor", "config.json")) as f:
+            home = json.load(f).get("JITTOR_HOME")
+    except (OSError, ValueError, AttributeError):
+        home = None
+    return home or os.path.expanduser("~")
+
+
 def _setup_dnnl():
     global DNNL_STATUS
     if os.environ.get("use_mkl") == "0":
@@ -95,7 +113,7 @@ def _setup_dnnl():
     if os.environ.get("mkl_include_path") and os.environ.get("mkl_lib_path"):
         DNNL_STATUS = "user-provided"
         return
-    home = os.environ.get("JITTOR_HOME") or os.path.expanduser("~")  # as Jittor finds its cache
+    home = _jittor_home()
     mkl_root = os.path.join(home, ".cache", "jittor", "mkl")
     folder = os.path.join(mkl_root, _DNNL_DIRNAME)
     # Remove leftovers of an interrupted earlier set-up.
@@ -204,6 +222,7 @@ def setup():
                       "oneDNN set-up may not take effect.", RuntimeWarning, stacklevel=2)
     os.environ.setdefault("log_silent", "1")  # keep Jittor's compile chatter out of the logs
     _serial_kernel_compiles()
+    kernel_compile.install()
     _setup_cuda_visibility()
     _setup_dnnl()
     _tune_malloc()
@@ -243,4 +262,5 @@ def describe():
     import jittor as jt
     device = "cuda" if jt.flags.use_cuda else "cpu"
     return (f"jittor {jt.__version__}, device {device}, threads {os.cpu_count()}, "
-            f"oneDNN: {DNNL_STATUS}, malloc: {MALLOC_STATUS}")
+            f"oneDNN: {DNNL_STATUS}, malloc: {MALLOC_STATUS}, kernel compiles: "
+            f"{kernel_compile.STATUS}")
