@@ -13,9 +13,9 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from .ops import gelu, interpolate, layer_norm
+from .ops import gelu, interpolate, layer_norm, pointwise_conv
 
-__all__ = ["BatchNorm2d", "LayerNorm", "DropPath", "GELU", "ConvModule", "adaptive_avg_pool2d",
+__all__ = ["BatchNorm2d", "Conv2d", "LayerNorm", "DropPath", "GELU", "ConvModule", "adaptive_avg_pool2d",
            "pool_matrix", "drop_path_rates"]
 
 
@@ -119,6 +119,17 @@ def drop_path_rates(rate, n):
             else float(np.float32(np.float64(end) - step * (n - 1 - i))) for i in range(n)]
 
 
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state-dict names) whose 1x1 convolutions with
+    stride 1, no padding and one group run as matrix products (:func:`models.ops.pointwise_conv`)."""
+
+    def execute(self, x):
+        if (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
+                and self.groups == 1):
+            return pointwise_conv(x, self.weight, self.bias)
+        return super().execute(x)
+
+
 class ConvModule(nn.Module):
     """mmcv-style conv -> BN -> activation with the submodule names ``conv``/``bn``.
 
@@ -130,8 +141,8 @@ class ConvModule(nn.Module):
                  dilation=1, groups=1, norm=True, act="relu", bn_eps=1e-5, bias="auto"):
         if bias == "auto":
             bias = not norm
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
-                              padding=padding, dilation=dilation, groups=groups, bias=bias)
+        self.conv = Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+                           padding=padding, dilation=dilation, groups=groups, bias=bias)
         self.bn = BatchNorm2d(out_channels, eps=bn_eps) if norm else None
         self.act = nn.ReLU() if act == "relu" else act
 

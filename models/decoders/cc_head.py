@@ -10,6 +10,7 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
+from ..layers import Conv2d
 from .ham_head import BaseDecodeHead
 
 __all__ = ["Scale", "CrissCrossAttention", "criss_cross", "CCHead"]
@@ -58,9 +59,9 @@ class CrissCrossAttention(nn.Module):
     def __init__(self, in_channels):
         self.in_channels = in_channels
         inner = max(in_channels // 8, 1)
-        self.query_conv = nn.Conv2d(in_channels, inner, 1)
-        self.key_conv = nn.Conv2d(in_channels, inner, 1)
-        self.value_conv = nn.Conv2d(in_channels, in_channels, 1)
+        self.query_conv = Conv2d(in_channels, inner, 1)
+        self.key_conv = Conv2d(in_channels, inner, 1)
+        self.value_conv = Conv2d(in_channels, in_channels, 1)
         self.gamma = Scale(0.0)
 
     def execute(self, x):

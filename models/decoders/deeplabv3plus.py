@@ -2,7 +2,7 @@
 import jittor as jt
 from jittor import nn
 
-from ..layers import BatchNorm2d, adaptive_avg_pool2d
+from ..layers import BatchNorm2d, Conv2d, adaptive_avg_pool2d
 from ..ops import resize
 from .ham_head import init_decoder_weights
 
@@ -14,8 +14,8 @@ class ASPPConv(nn.Module):
 
     def __init__(self, in_channels, out_channels, atrous_rate, norm_kwargs):
         self.block = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, padding=atrous_rate, dilation=atrous_rate,
-                      bias=False),
+            Conv2d(in_channels, out_channels, 3, padding=atrous_rate, dilation=atrous_rate,
+                   bias=False),
             BatchNorm2d(out_channels, **norm_kwargs),
             nn.ReLU(),
         )
@@ -38,7 +38,7 @@ class AsppPooling(nn.Module):
     def __init__(self, in_channels, out_channels, norm_kwargs):
         self.gap = nn.Sequential(
             _GlobalAvgPool(),
-            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            Conv2d(in_channels, out_channels, 1, bias=False),
             BatchNorm2d(out_channels, **norm_kwargs),
             nn.ReLU(),
         )
@@ -52,7 +52,7 @@ class ASPP(nn.Module):
 
     def __init__(self, in_channels, atrous_rates, norm_kwargs, out_channels=256):
         self.b0 = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            Conv2d(in_channels, out_channels, 1, bias=False),
             BatchNorm2d(out_channels, **norm_kwargs),
             nn.ReLU(),
         )
@@ -62,7 +62,7 @@ class ASPP(nn.Module):
         self.b3 = ASPPConv(in_channels, out_channels, r3, norm_kwargs)
         self.b4 = AsppPooling(in_channels, out_channels, norm_kwargs)
         self.project = nn.Sequential(
-            nn.Conv2d(5 * out_channels, out_channels, 1, bias=False),
+            Conv2d(5 * out_channels, out_channels, 1, bias=False),
             BatchNorm2d(out_channels, **norm_kwargs),
             nn.ReLU(),
             nn.Dropout(0.5, is_train=True),
@@ -95,16 +95,16 @@ class DeepLabV3Plus(nn.Module):
         norm_kwargs = dict(eps=bn_eps, momentum=bn_momentum, sync=sync_bn)
         self.aspp = ASPP(in_channels[3], (12, 24, 36), norm_kwargs)
         self.low_level = nn.Sequential(
-            nn.Conv2d(in_channels[0], 48, 3, padding=1),
+            Conv2d(in_channels[0], 48, 3, padding=1),
             BatchNorm2d(48, **norm_kwargs),
             nn.ReLU(),
         )
         self.block = nn.Sequential(
-            nn.Conv2d(256 + 48, 256, 3, padding=1),
+            Conv2d(256 + 48, 256, 3, padding=1),
             BatchNorm2d(256, **norm_kwargs),
             nn.ReLU(),
             nn.Dropout(0.1, is_train=True),
-            nn.Conv2d(256, num_classes, 1),
+            Conv2d(256, num_classes, 1),
         )
 
     def execute(self, feats):

@@ -5,7 +5,7 @@ the auxiliary head (on backbone stage index 2).
 """
 from jittor import nn
 
-from ..layers import BatchNorm2d
+from ..layers import BatchNorm2d, Conv2d
 from .ham_head import init_decoder_weights
 
 __all__ = ["FCNHead"]
@@ -39,11 +39,11 @@ class FCNHead(nn.Module):
         self.bn_momentum = bn_momentum
         pad = (kernel_size // 2) * dilation
         self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, self.channels, kernel_size, padding=pad),
+            Conv2d(in_channels, self.channels, kernel_size, padding=pad),
             BatchNorm2d(self.channels, eps=bn_eps, momentum=bn_momentum, sync=sync_bn),
             nn.ReLU(),
         )
-        self.classifier = nn.Conv2d(self.channels, num_classes, 1)
+        self.classifier = Conv2d(self.channels, num_classes, 1)
 
     def execute(self, x):
         if isinstance(x, (list, tuple)):

@@ -2,7 +2,7 @@
 import jittor as jt
 from jittor import nn
 
-from ..layers import BatchNorm2d
+from ..layers import BatchNorm2d, Conv2d
 from ..ops import resize
 from .ham_head import init_decoder_weights
 
@@ -49,11 +49,11 @@ class MLPDecoder(nn.Module):
         self.linear_c2 = MLP(c2, embed_dim)
         self.linear_c1 = MLP(c1, embed_dim)
         self.linear_fuse = nn.Sequential(
-            nn.Conv2d(embed_dim * 4, embed_dim, 1),
+            Conv2d(embed_dim * 4, embed_dim, 1),
             BatchNorm2d(embed_dim, eps=bn_eps, momentum=bn_momentum, sync=sync_bn),
             nn.ReLU(),
         )
-        self.linear_pred = nn.Conv2d(embed_dim, num_classes, 1)
+        self.linear_pred = Conv2d(embed_dim, num_classes, 1)
 
     def execute(self, feats):
         c1, c2, c3, c4 = feats

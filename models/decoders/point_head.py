@@ -21,7 +21,7 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from ..layers import ConvModule
+from ..layers import Conv2d, ConvModule
 from ..ops import resize
 from ..losses import cross_entropy
 from .ham_head import configure_norms, init_decoder_weights
@@ -172,7 +172,7 @@ class FPNHead(nn.Module):
                 if stride != feature_strides[0]:
                     layers.append(_Upsample2x(align_corners))
             self.scale_heads.append(nn.Sequential(*layers))
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+        self.conv_seg = Conv2d(channels, num_classes, 1)
 
     def execute(self, feats):
         out = self.scale_heads[0](feats[0])
@@ -200,7 +200,7 @@ class PointHead(nn.Module):
             fc = ConvModule(width, channels, 1, bn_eps=bn_eps)
             self.fcs.append(configure_norms(fc, momentum=bn_momentum, sync=sync_bn))
             width = channels + (num_classes if coarse_pred_each_layer else 0)
-        self.fc_seg = nn.Conv2d(width, num_classes, 1)
+        self.fc_seg = Conv2d(width, num_classes, 1)
 
     def execute(self, fine, coarse):
         """(B, Cf, P) and (B, K, P) point features -> (B, K, P) point logits."""

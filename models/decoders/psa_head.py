@@ -22,6 +22,7 @@ import jittor as jt
 from jittor import nn
 
 from ..ops import resize
+from ..layers import Conv2d
 from .ham_head import BaseDecodeHead
 
 __all__ = ["psa_mask_index", "psa_mask", "PSAHead", "default_mask_size"]
@@ -129,11 +130,11 @@ class PSAHead(BaseDecodeHead):
         mask_channels = self.mask_size[0] * self.mask_size[1]
         self.reduce = self._conv_module(width, channels, 1)
         self.attention = nn.Sequential(self._conv_module(channels, channels, 1),
-                                       nn.Conv2d(channels, mask_channels, 1, bias=False))
+                                       Conv2d(channels, mask_channels, 1, bias=False))
         if psa_type == "bi-direction":
             self.reduce_p = self._conv_module(width, channels, 1)
             self.attention_p = nn.Sequential(self._conv_module(channels, channels, 1),
-                                             nn.Conv2d(channels, mask_channels, 1, bias=False))
+                                             Conv2d(channels, mask_channels, 1, bias=False))
         branches = 2 if psa_type == "bi-direction" else 1
         self.proj = self._conv_module(channels * branches, width, 1)
         self.bottleneck = self._conv_module(width * 2, channels, 3)

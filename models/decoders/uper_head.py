@@ -5,7 +5,7 @@ Unified Perceptual Parsing for Scene Understanding (https://arxiv.org/abs/1807.1
 import jittor as jt
 from jittor import nn
 
-from ..layers import BatchNorm2d, adaptive_avg_pool2d
+from ..layers import BatchNorm2d, Conv2d, adaptive_avg_pool2d
 from ..ops import resize
 from .ham_head import init_decoder_weights
 
@@ -25,7 +25,7 @@ class AdaptiveAvgPool2d(nn.Module):
 def _conv_bn_relu(in_channels, out_channels, kernel_size, norm_kwargs):
     """Sequential(conv with bias, BN, ReLU) with the reference's indices 0/1/2."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+        Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
         BatchNorm2d(out_channels, **norm_kwargs),
         nn.ReLU(),
     )
@@ -44,7 +44,7 @@ class PPM(nn.ModuleList):
         for scale in self.pool_scales:
             self.append(nn.Sequential(
                 AdaptiveAvgPool2d(scale),
-                nn.Conv2d(in_channels, channels, 1),
+                Conv2d(in_channels, channels, 1),
                 BatchNorm2d(channels, **norm_kwargs),
                 nn.ReLU(),
             ))
@@ -89,7 +89,7 @@ class UPerHead(nn.Module):
             self.fpn_convs.append(_conv_bn_relu(channels, channels, 3, norm_kwargs))
         self.fpn_bottleneck = _conv_bn_relu(len(self.in_channels) * channels, channels, 3,
                                             norm_kwargs)
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+        self.conv_seg = Conv2d(channels, num_classes, 1)
 
     def psp_forward(self, feats):
         """PPM on the last stage, concatenated with it, then ``bottleneck``."""
