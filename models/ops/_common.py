@@ -1,5 +1,4 @@
-"""What every fused op shares: the fused/plain switch, the C++ helper header and
-the re-tracing gradient.
+"""What every fused op shares: the fused/plain switch and the C++ helper header.
 
 Jittor's generated CPU kernels run on one thread, so on the CPU the hot spots
 run as OpenMP ``jt.code`` kernels. Each op module pairs its kernel with a plain
@@ -100,25 +99,3 @@ typedef int dfv_ivec __attribute__((vector_size(64)));
 
 # Floats per dfv_vec: the vectorised kernels need channel counts that are multiples of it.
 VECTOR_WIDTH = 16
-
-
-class RetracedFunction(jt.Function):
-    """A kernel whose exact gradient comes from re-tracing its plain formulation.
-
-    Subclasses keep their inputs in ``self.saved`` during ``execute`` and define
-    ``plain(*inputs)``, the same computation with differentiable Jittor operators.
-    """
-
-    def grad(self, g):
-        wanted = [m >= 0 for m in self.input_mask]
-        leaves = []
-        for t, need in zip(self.saved, wanted):
-            t = t.detach()
-            if need:
-                t.start_grad()
-            leaves.append(t)
-        with jt.enable_grad():
-            out = self.plain(*leaves)
-            targets = [t for t, need in zip(leaves, wanted) if need]
-            grads = iter(jt.grad((out * g).sum(), targets))
-        return tuple(next(grads) if need else None for need in wanted)
