@@ -24,4 +24,4 @@ param_scheduler = [
          convert_to_iter_based=True),
 ]
 # 12 epochs x (400 // 8 + 1) iterations; validation after epoch 1 and every epoch from 9 on
-train_cfg = dict(max_iters=612, checkpoint_start_epoch=8)
+train_cfg = dict(max_iters=612, checkpoint_start_epoch=10)

@@ -16,7 +16,7 @@ C.nepochs = 12
 C.warm_up_epoch = 1
 C.drop_path_rate = 0.1
 C.num_workers = 0  # on 2 cores loading in the training process is fastest (README)
-C.checkpoint_start_epoch = 8  # validate after epoch 1 and every epoch from 9 on
+C.checkpoint_start_epoch = 10  # validate after epoch 1 and after epochs 11 and 12
 C.eval_crop_size = [240, 320]
 finalize(C)
 config = C
