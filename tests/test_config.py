@@ -36,7 +36,7 @@ OFFICIAL = {
     "dformerv2_b_8xb16-300e_sunrgbd-480x480.py": "SUNRGBD.DFormerv2_B",
     "dformerv2_l_8xb16-300e_sunrgbd-480x480.py": "SUNRGBD.DFormerv2_L",
 }
-QUICK_START = "dformer_tiny_8xb8-9e_synthrgbd-160x160.py"
+QUICK_START = "dformer_tiny_8xb8-10e_synthrgbd-160x160.py"
 
 
 def same(a, b):

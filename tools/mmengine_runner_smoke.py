@@ -2,7 +2,7 @@
 
     python tools/mmengine_runner_smoke.py [--keep DIR]
 
-Trains DFormer-Tiny from ``configs/dformer/dformer_tiny_8xb8-9e_synthrgbd-160x160.py``
+Trains DFormer-Tiny from ``configs/dformer/dformer_tiny_8xb8-10e_synthrgbd-160x160.py``
 shrunk by ``--cfg-options`` (64x64 images, 4 training samples, batch 2: 3 iterations per
 epoch, warm-up 1 epoch, 2 epochs = 6 iterations) and checks that
 
@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script
 from utils import runtime  # noqa: E402
 runtime.setup()  # before jittor is imported
 
-CONFIG = "configs/dformer/dformer_tiny_8xb8-9e_synthrgbd-160x160.py"
+CONFIG = "configs/dformer/dformer_tiny_8xb8-10e_synthrgbd-160x160.py"
 
 
 def options(data_root):

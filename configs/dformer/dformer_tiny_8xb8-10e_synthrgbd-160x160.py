@@ -1,6 +1,6 @@
 # Quick start: DFormer-Tiny trained from scratch on the synthetic SynthRGBD dataset
-# (local_configs.SynthRGBD.DFormer_Tiny), sized for a 2-core CPU: about 8 minutes of training.
-#   python tools/train.py configs/dformer/dformer_tiny_8xb8-9e_synthrgbd-160x160.py
+# (local_configs.SynthRGBD.DFormer_Tiny), sized for a 2-core CPU: about 9 minutes of training.
+#   python tools/train.py configs/dformer/dformer_tiny_8xb8-10e_synthrgbd-160x160.py
 _base_ = [
     '../_base_/models/dformer.py',
     '../_base_/datasets/synthrgbd.py',
@@ -20,8 +20,8 @@ optim_wrapper = dict(
 param_scheduler = [
     dict(type='LinearLR', start_factor=0, end_factor=1.0, begin=0, end=1, by_epoch=True,
          convert_to_iter_based=True),
-    dict(type='PolyLR', power=0.9, eta_min=0, begin=0, end=9, by_epoch=True,
+    dict(type='PolyLR', power=0.9, eta_min=0, begin=0, end=10, by_epoch=True,
          convert_to_iter_based=True),
 ]
-# 9 epochs x (400 // 8 + 1) iterations; validation after epochs 1 and 9
-train_cfg = dict(max_iters=459, checkpoint_start_epoch=9)
+# 10 epochs x (400 // 8 + 1) iterations; validation after epochs 1 and 10
+train_cfg = dict(max_iters=510, checkpoint_start_epoch=10)
