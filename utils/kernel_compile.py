@@ -110,19 +110,20 @@ def configure(jt):
         return
     try:
         folder = _work_folder(jt)
+        if any(c.isspace() for c in folder):   # Jittor splices both paths into shell commands
+            STATUS = "off (a space in the Jittor cache path)"
+            return
         header = _precompiled_header(jt, folder)
         wrapper = _compiler_wrapper(jt, folder)
     except (OSError, subprocess.SubprocessError) as exc:
         STATUS = f"off ({type(exc).__name__}: {exc})"
         return
-    parts = []
+    parts = ["direct g++"]
     if header:
         jt.flags.cc_flags = jt.flags.cc_flags + f" -include {header} "
-        parts.append("precompiled headers")
-    if wrapper:
-        jt.flags.python_path = wrapper
-        parts.append("direct g++")
-    STATUS = ", ".join(parts) or "off"
+        parts.insert(0, "precompiled headers")
+    jt.flags.python_path = wrapper
+    STATUS = ", ".join(parts)
 
 
 def _work_folder(jt):
@@ -159,16 +160,18 @@ def _publish(path, write):
             os.unlink(tmp)
 
 
+def _publish_text(path, text, mode=0o644):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+    _publish(path, write)
+
+
 def _precompiled_header(jt, folder):
     """The prelude header with its ``.gch`` built beside it; None when g++ cannot build it."""
     header = os.path.join(folder, "jittor_kernel_prelude.h")
-    if any(c.isspace() for c in header):
-        return None
-
-    def write_text(tmp):
-        with open(tmp, "w") as f:
-            f.write(_PRELUDE)
-    _publish(header, write_text)
+    _publish_text(header, _PRELUDE)
 
     def build(tmp):
         flags = [a for a in shlex.split(jt.flags.cc_flags) if not a.startswith(_LINK_PREFIXES)]
@@ -184,12 +187,5 @@ def _precompiled_header(jt, folder):
 def _compiler_wrapper(jt, folder):
     """The shell script standing in for Python in Jittor's kernel compile command."""
     path = os.path.join(folder, "compile_kernel.sh")
-    if any(c.isspace() for c in path):
-        return None
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(_WRAPPER % {"python": shlex.quote(jt.flags.python_path)})
-        os.chmod(tmp, 0o755)
-    _publish(path, write)
+    _publish_text(path, _WRAPPER % {"python": shlex.quote(jt.flags.python_path)}, mode=0o755)
     return path
