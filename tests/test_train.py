@@ -568,10 +568,13 @@ def test_resume_command_replaces_work_dir_and_resume():
     assert resume_command(["--resume", "--no-mst"], "w").endswith("--no-mst --work-dir w --resume")
 
 
-def test_flush_to_zero_brings_no_numpy_subnormal_warnings():
-    code = ("from utils import runtime\nruntime.setup()\nimport numpy as np\n"
-            "from models.ops import flush_to_zero\n"
-            "assert flush_to_zero()\n"
+def test_cpu_device_flushes_to_zero_without_numpy_subnormal_warnings():
+    # every entry point's init_device switches to FTZ on the CPU (training and inference)
+    code = ("from utils import runtime\nruntime.setup()\nimport numpy as np, jittor as jt\n"
+            "assert runtime.init_device(False) == 'cpu'\n"
+            "assert runtime.FTZ_STATUS == 'on' and 'flush-to-zero: on' in runtime.describe()\n"
+            "tiny = jt.array(np.full((4,), 1e-20, np.float32))\n"
+            "assert float((tiny * tiny).sum().item()) == 0.0\n"
             "str(np.finfo(np.float32)), str(np.finfo(np.float64))\n")
     proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code],
                           env=child_env(), capture_output=True, text=True, timeout=600)

@@ -120,17 +120,15 @@ def measure_train(config, shape=(240, 320), batch=2, warmup=1, iters=5, cfg_opti
 
     The optimiser is the project's (utils/engine/optim.py: reference parameter
     groups, AdamW at the config's lr and weight decay; the lr is fixed, the
-    schedule costs nothing) and the CPU runs in flush-to-zero mode, as in
-    utils/engine/trainer.py. Inputs and the label (uniform over the classes)
+    schedule costs nothing); on the CPU flush-to-zero is on (``runtime.init_device``),
+    as in training and inference. Inputs and the label (uniform over the classes)
     are random, drawn once.
     """
     from utils.config import load_config
     from models.builder import EncoderDecoder
-    from models.ops import flush_to_zero
     from utils.engine.optim import build_optimizer, group_parameters
 
     device = runtime.init_device()
-    flush_to_zero()                 # as the trainer does at start-up
     cfg = load_config(config, cfg_options)
     model = EncoderDecoder(cfg, load_pretrained=False)
     model.train()

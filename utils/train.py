@@ -223,10 +223,8 @@ def write_run_info(work_dir, cfg, args, logger):
 def setup_run(args, cfg=None):
     """Device, MPI check, config, work dir and logger; returns a namespace of them."""
     from utils.engine.logger import get_logger
-    from models.ops import flush_to_zero
     from utils.engine.trainer import is_main_process
-    device = runtime.init_device()
-    ftz = flush_to_zero() if device == "cpu" else True
+    device = runtime.init_device()      # on the CPU also flush-to-zero
     n = check_world(args)
     cfg = prepare_config(args, cfg)
     work_dir = resolve_work_dir(args, cfg)
@@ -234,7 +232,7 @@ def setup_run(args, cfg=None):
     rank = jt.rank if jt.in_mpi else 0
     logger, log_file = get_logger(work_dir if is_main_process() else None, rank)
     logger.info(f"{runtime.describe()}; processes: {n}; work dir: {work_dir}")
-    if not ftz:
+    if runtime.FTZ_STATUS == "off":
         logger.warning("Could not enable flush-to-zero on the main thread: a resumed run may "
                        "differ from an uninterrupted one in values below 1e-38.")
     return argparse.Namespace(device=device, world=n, rank=rank, cfg=cfg, work_dir=work_dir,

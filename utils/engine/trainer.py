@@ -18,7 +18,7 @@ the interrupted epoch that were already used are skipped. Two Jittor details mat
 are handled by utils/train.py and :meth:`Trainer.resume`: random initial weights are drawn
 when first *computed* (so the model is materialised right after it is built, under the
 init seed), and restored tensors are materialised before the first resumed step; on CPU
-the flush-to-zero mode is fixed at start-up (:func:`models.ops.flush_to_zero`). With these, a
+the flush-to-zero mode is fixed at start-up (:func:`utils.runtime.init_device`). With these, a
 resumed CPU run ends bit-identical to the uninterrupted one (tests/test_train.py).
 
 Logging: the lr shown (tqdm, log, TensorBoard ``train/lr``) is the lr the step *used*
