@@ -9,7 +9,7 @@ import jittor as jt
 from jittor import nn, init
 
 from ..layers import BatchNorm2d, Conv2d, ConvModule
-from ..ops import resize
+from ..ops import resize, softmax
 
 __all__ = ["BaseDecodeHead", "NMF2D", "Hamburger", "LightHamHead",
            "init_decoder_weights", "configure_norms"]
@@ -157,7 +157,7 @@ class NMF2D(nn.Module):
         xt = x.transpose()                                  # (N, D)
         xtb = jt.matmul(xt, bases)                          # (N, R)
         logits = xtb if self.inv_t == 1 else xtb * self.inv_t
-        coef = nn.softmax(logits, dim=1)
+        coef = softmax(logits, dim=-1)                      # over R
         for _ in range(steps):
             coef = self._update_coef(xtb, bases, coef)
             num = jt.matmul(x, coef)                        # (D, R)

@@ -23,7 +23,7 @@ import jittor as jt
 from jittor import nn
 
 from ..layers import BatchNorm2d, DropPath, GELU, drop_path_rates, pool_matrix
-from ..ops import depthwise_conv, interp_matrix, layer_norm
+from ..ops import depthwise_conv, interp_matrix, layer_norm, softmax
 
 __all__ = ["DFormer", "dformer_tiny", "dformer_small", "dformer_base", "dformer_large"]
 
@@ -221,7 +221,7 @@ class Attention(nn.Module):
         outs = []
         for i in range(b):
             scores = nn.matmul_transpose(_item(query, i), _item(keys, i))   # (heads*win2, N)
-            mixed = jt.matmul(nn.softmax(scores, -1), _item(values, i))      # (heads*win2, C/2)
+            mixed = jt.matmul(softmax(scores, -1), _item(values, i))         # (heads*win2, C/2)
             mixed = (mixed.reshape(heads, win2, half) * head_mask).sum(0)    # (win2, C/2)
             outs.append(jt.matmul(up, mixed + value_bias))                   # (N, C/2)
         out = outs[0].unsqueeze(0) if b == 1 else jt.stack(outs, 0)

@@ -16,7 +16,9 @@ from .geometry_attention import COLS, FULL, ROWS, StageGeometry, geo_attention
 from .interpolate import interp_matrix, resize
 from .pointwise import pointwise_conv
 from .normalization import layer_norm
+from .softmax import softmax
 
 __all__ = ["ENV_VAR", "fused_kernels", "fused_kernels_enabled", "gelu", "flush_to_zero",
            "depthwise_conv", "geo_attention", "StageGeometry", "ROWS", "COLS", "FULL",
-           "resize", "interp_matrix", "layer_norm", "pointwise_conv"]
+           "resize", "interp_matrix", "layer_norm", "pointwise_conv",
+           "softmax"]
