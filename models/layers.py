@@ -13,7 +13,7 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from .ops import gelu, interpolate, layer_norm, pointwise_conv
+from .ops import batch_norm_train, gelu, interpolate, layer_norm, pointwise_conv
 
 __all__ = ["BatchNorm2d", "Conv2d", "LayerNorm", "DropPath", "GELU", "ConvModule", "adaptive_avg_pool2d",
            "pool_matrix", "drop_path_rates"]
@@ -41,6 +41,17 @@ class BatchNorm2d(nn.Module):
 
     def execute(self, x):
         dims = [0] + list(range(2, x.ndim))
+        if self.is_training() and not (self.sync and jt.in_mpi):
+            # Local batch statistics: one fused pass on the CPU (models.ops.batch_norm).
+            # mean / var enter the running statistics only, detached.
+            y, mean, var = batch_norm_train(x, self.weight, self.bias, self.eps)
+            count = x.numel() // x.shape[1]
+            unbiased = var * (count / max(count - 1, 1))
+            m = self.momentum
+            self.running_mean.update((1 - m) * self.running_mean + m * mean.detach())
+            self.running_var.update((1 - m) * self.running_var + m * unbiased.detach())
+            self.num_batches_tracked.update(self.num_batches_tracked + 1)
+            return y
         if self.is_training():
             mean = x.mean(dims=dims)
             sq_mean = (x * x).mean(dims=dims)

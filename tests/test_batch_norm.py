@@ -1,0 +1,219 @@
+"""The fused training-mode BatchNorm (models/ops/batch_norm.py), forward and gradient,
+against the plain Jittor formulation and a float64 numpy reference: the model's
+shapes, tiny and 1x1 spatial shapes, a constant channel (zero variance), inputs far
+from zero mean, gradients reaching the statistics, and the BatchNorm2d module's
+running statistics with fused kernels on and off.
+"""
+import numpy as np
+import pytest
+
+import jittor as jt
+
+from models import ops
+from models.layers import BatchNorm2d
+from models.ops import batch_norm
+
+EPS = 1e-5
+SHAPES = [(2, 32, 120, 160), (2, 512, 30, 40), (1, 3, 5, 7), (4, 8, 1, 1), (3, 6)]
+
+
+def _reference(x, w, b, g, eps=EPS):
+    """float64 output, mean, var and the gradients of sum(y * g) w.r.t. x, w, b."""
+    x, w, b, g = (a.astype(np.float64) for a in (x, w, b, g))
+    axes = (0,) + tuple(range(2, x.ndim))
+    shape = [1, -1] + [1] * (x.ndim - 2)
+    mean = x.mean(axis=axes)
+    var = ((x - mean.reshape(shape)) ** 2).mean(axis=axes)
+    rstd = 1.0 / np.sqrt(var + eps)
+    xhat = (x - mean.reshape(shape)) * rstd.reshape(shape)
+    y = xhat * w.reshape(shape) + b.reshape(shape)
+    db = g.sum(axis=axes)
+    dw = (g * xhat).sum(axis=axes)
+    m = x.size // x.shape[1]
+    dx = (w * rstd).reshape(shape) * (g - (db / m).reshape(shape) - xhat * (dw / m).reshape(shape))
+    return y, mean, var, dx, dw, db
+
+
+def _inputs(shape, offset=0.0, seed=0, constant=True):
+    rng = np.random.RandomState(seed + sum(shape))
+    c = shape[1]
+    x = (rng.randn(*shape) * 2.0 + offset).astype(np.float32)
+    if constant and c > 2:
+        x[:, 2] = 0.75 + offset          # a constant channel: zero variance
+    w = (rng.randn(c) * 0.5 + 1.0).astype(np.float32)
+    b = rng.randn(c).astype(np.float32)
+    g = rng.randn(*shape).astype(np.float32)
+    return x, w, b, g
+
+
+def _run(x, w, b, g, enabled, eps=EPS):
+    """(y, mean, var, dx, dw, db) through batch_norm_train, fused kernels ``enabled`` or not."""
+    with ops.fused_kernels(enabled):
+        xs, ws, bs = jt.array(x), jt.array(w), jt.array(b)
+        y, mean, var = ops.batch_norm_train(xs, ws, bs, eps)
+        grads = jt.grad((y * jt.array(g)).sum(), [xs, ws, bs])
+        return [t.numpy() for t in (y, mean, var)] + [t.numpy() for t in grads]
+
+
+def _assert_close(got, want, what, rtol=1e-5):
+    assert got.shape == want.shape, what
+    bound = rtol * max(1.0, float(np.abs(want).max()))
+    err = float(np.abs(got.astype(np.float64) - want).max())
+    assert err <= bound, f"{what}: max error {err} > {bound}"
+
+
+NAMES = ("y", "mean", "var", "dx", "dweight", "dbias")
+
+
+@pytest.fixture
+def grad_calls(monkeypatch):
+    calls = []
+    original = batch_norm._FusedBatchNorm.grad
+
+    def counted(self, *grads):
+        calls.append([g is not None for g in grads])
+        return original(self, *grads)
+
+    monkeypatch.setattr(batch_norm._FusedBatchNorm, "grad", counted)
+    return calls
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+def test_fused_matches_reference(shape, offset, grad_calls):
+    arrays = _inputs(shape, offset)
+    with ops.fused_kernels(True):
+        assert batch_norm.can_use(jt.array(arrays[0]))
+    fused = _run(*arrays, True)
+    assert grad_calls and grad_calls[0][0]          # the fused gradient ran
+    ref = _reference(*arrays)
+    for name, f, r in zip(NAMES, fused, ref):
+        _assert_close(f, r, f"fused {name}")
+    if shape[1] > 2:
+        assert fused[2][2] == 0.0                    # constant channel: exactly zero variance
+        assert np.allclose(fused[0][:, 2], arrays[2][2], atol=1e-5)   # y = bias there
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+def test_fused_matches_plain(shape, offset, grad_calls):
+    # No constant channel here: the plain path's float32 mean of a constant channel
+    # is off by a few ulps, which 1 / sqrt(eps) magnifies (covered against float64 above).
+    arrays = _inputs(shape, offset, seed=3, constant=False)
+    fused = _run(*arrays, True)
+    plain = _run(*arrays, False)
+    assert len(grad_calls) == 1                      # only the fused run went through it
+    ref = _reference(*arrays)
+    for name, f, p, r in zip(NAMES, fused, plain, ref):
+        if offset == 0.0:
+            _assert_close(p, r, f"plain {name}")
+            _assert_close(f, p.astype(np.float64), f"fused vs plain {name}")
+        else:
+            # The plain path takes var = E[x^2] - E[x]^2 in float32, which cancels
+            # badly 100 standard deviations from zero: there the fused path (checked
+            # against float64 above) must be at least as close to the reference.
+            err_f = float(np.abs(f - r).max())
+            err_p = float(np.abs(p - r).max())
+            assert err_f <= max(err_p, 1e-5 * max(1.0, float(np.abs(r).max()))), name
+
+
+def test_switch_off_picks_plain(grad_calls, monkeypatch):
+    arrays = _inputs((2, 4, 3, 5))
+    called = []
+    monkeypatch.setattr(batch_norm._FusedBatchNorm, "execute",
+                        lambda self, *a: called.append(1) or pytest.fail("fused ran"))
+    with ops.fused_kernels(False):
+        assert not batch_norm.can_use(jt.array(arrays[0]))
+    _run(*arrays, False)
+    assert called == [] and grad_calls == []
+    with ops.fused_kernels(True):
+        assert not batch_norm.can_use(jt.array(arrays[0]).float64())
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-1])
+def test_eps(eps):
+    arrays = _inputs((2, 5, 4, 6), seed=7)
+    fused = _run(*arrays, True, eps)
+    for name, f, r in zip(NAMES, fused, _reference(*arrays, eps)):
+        _assert_close(f, r, f"fused {name} eps={eps}")
+
+
+def test_statistics_gradients():
+    """Gradients reaching mean and var (unused by the module) are exact too."""
+    shape = (3, 4, 5, 6)
+    x, w, b, g = _inputs(shape, 1.0, seed=11, constant=False)
+    rng = np.random.RandomState(2)
+    gm, gv = rng.randn(4).astype(np.float32), rng.randn(4).astype(np.float32)
+    out = []
+    for enabled in (True, False):
+        with ops.fused_kernels(enabled):
+            xs, ws, bs = jt.array(x), jt.array(w), jt.array(b)
+            y, mean, var = ops.batch_norm_train(xs, ws, bs, EPS)
+            loss = (y * jt.array(g)).sum() + (mean * jt.array(gm)).sum() + (var * jt.array(gv)).sum()
+            out.append([t.numpy() for t in jt.grad(loss, [xs, ws, bs])])
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=(0, 2, 3)).reshape(1, -1, 1, 1)
+    m = x.size // shape[1]
+    extra = gm.reshape(1, -1, 1, 1) / m + gv.reshape(1, -1, 1, 1) * 2 * (x64 - mean) / m
+    ref = _reference(x, w, b, g)
+    for i, name in enumerate(("dx", "dweight", "dbias")):
+        want = ref[3 + i] + (extra if i == 0 else 0)
+        _assert_close(out[0][i], want, f"fused {name}")
+        _assert_close(out[1][i], want, f"plain {name}", 1e-4)
+
+
+def test_only_weight_gradients():
+    """x stop_grad: dweight and dbias only (the kernel skips dx)."""
+    x, w, b, g = _inputs((2, 6, 7, 9), seed=4)
+    with ops.fused_kernels(True):
+        ws, bs = jt.array(w), jt.array(b)
+        y, _, _ = ops.batch_norm_train(jt.array(x).stop_grad(), ws, bs, EPS)
+        dw, db = [t.numpy() for t in jt.grad((y * jt.array(g)).sum(), [ws, bs])]
+    ref = _reference(x, w, b, g)
+    _assert_close(dw, ref[4], "dweight")
+    _assert_close(db, ref[5], "dbias")
+
+
+def _module_steps(enabled, x_batches, g):
+    with ops.fused_kernels(enabled):
+        bn = BatchNorm2d(x_batches[0].shape[1], momentum=0.3)
+        bn.weight.assign(jt.array(np.linspace(0.5, 1.5, bn.num_features).astype(np.float32)))
+        bn.bias.assign(jt.array(np.linspace(-1, 1, bn.num_features).astype(np.float32)))
+        bn.train()
+        outs = []
+        for xb in x_batches:
+            xs = jt.array(xb)
+            y = bn(xs)
+            dx, dw = jt.grad((y * jt.array(g)).sum(), [xs, bn.weight])
+            outs.append((y.numpy(), dx.numpy(), dw.numpy()))
+        state = (bn.running_mean.numpy(), bn.running_var.numpy(), bn.num_batches_tracked.numpy())
+        bn.eval()
+        evaluated = bn(jt.array(x_batches[0])).numpy()
+        return outs, state, evaluated
+
+
+def test_module_fused_matches_plain():
+    rng = np.random.RandomState(9)
+    shape = (2, 16, 12, 10)
+    batches = [(rng.randn(*shape) * (i + 1) + i).astype(np.float32) for i in range(3)]
+    g = rng.randn(*shape).astype(np.float32)
+    fused = _module_steps(True, batches, g)
+    plain = _module_steps(False, batches, g)
+    for (yf, dxf, dwf), (yp, dxp, dwp) in zip(fused[0], plain[0]):
+        _assert_close(yf, yp.astype(np.float64), "module y")
+        _assert_close(dxf, dxp.astype(np.float64), "module dx")
+        _assert_close(dwf, dwp.astype(np.float64), "module dweight", 1e-4)
+    (mf, vf, nf), (mp, vp, np_) = fused[1], plain[1]
+    assert nf.tolist() == np_.tolist() == [3]
+    _assert_close(mf, mp.astype(np.float64), "running_mean")
+    _assert_close(vf, vp.astype(np.float64), "running_var")
+    # running statistics against float64: momentum 0.3, unbiased variance
+    rm, rv = np.zeros(16), np.ones(16)
+    count = shape[0] * shape[2] * shape[3]
+    for xb in batches:
+        x64 = xb.astype(np.float64)
+        rm = 0.7 * rm + 0.3 * x64.mean(axis=(0, 2, 3))
+        rv = 0.7 * rv + 0.3 * x64.var(axis=(0, 2, 3)) * count / (count - 1)
+    _assert_close(mf, rm, "running_mean vs float64")
+    _assert_close(vf, rv, "running_var vs float64")
+    _assert_close(fused[2], plain[2].astype(np.float64), "eval output after training")
