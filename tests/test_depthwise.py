@@ -73,3 +73,38 @@ def test_weight_grad_kernel_is_deterministic():
         again = [t.numpy() for t in depthwise._weight_bias_grad_kernel(x, dy, 7)]
         for a, b in zip(first, again):
             np.testing.assert_array_equal(a, b)
+
+
+def _gelu64(v):
+    from scipy.special import erf
+    v = v.astype(np.float64)
+    return v * 0.5 * (1.0 + erf(v / np.sqrt(2.0)))
+
+
+@pytest.mark.parametrize("shape, k, residual", [((2, 9, 13, 48), 3, True), ((1, 5, 6, 64), 3, False),
+                                                ((1, 7, 5, 24), 3, True), ((1, 8, 9, 32), 7, True)])
+def test_gelu_epilogue_matches_gelu_of_the_convolution(shape, k, residual):
+    """Without gradients the GELU runs inside the convolution's pass (taps up to 5x5,
+    C a multiple of 16); every other case is GELU applied after it; all agree."""
+    rng = np.random.RandomState(sum(shape) + 3 * k)
+    c = shape[-1]
+    arrays = [_random(rng, shape), _random(rng, (c, 1, k, k), 0.3), _random(rng, (c,))]
+    x, w, b = [jt.array(a) for a in arrays]
+    with ops.fused_kernels(False), jt.no_grad():
+        conv = depthwise.depthwise_conv(x, w, b, residual).numpy()
+    want = _gelu64(conv)
+    results, grads = {}, {}
+    for enabled in (True, False):
+        with ops.fused_kernels(enabled):
+            with jt.no_grad():
+                results[enabled, "no_grad"] = depthwise.depthwise_conv(x, w, b, residual, gelu=True).numpy()
+            out = depthwise.depthwise_conv(x, w, b, residual, gelu=True)
+            results[enabled, "grad"] = out.numpy()
+            grads[enabled] = [g.numpy() for g in jt.grad((out * out).sum(), [x, w, b])]
+    for key, got in results.items():
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=str(key))
+    for name, f, p in zip(["d x", "d weight", "d bias"], grads[True], grads[False]):
+        np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(p).max())),
+                                   err_msg=name)
+    fused = results[True, "no_grad"]
+    assert not np.array_equal(fused, conv)      # the activation was applied

@@ -124,9 +124,9 @@ class DepthwiseConv2d(nn.Module):
         self.weight = jt.init.uniform((dim, 1, kernel_size, kernel_size), "float32", -bound, bound)
         self.bias = jt.init.uniform((dim,), "float32", -bound, bound)
 
-    def execute(self, x, residual=False):
-        """``dwconv(x)``, or ``x + dwconv(x)`` when ``residual``."""
-        return depthwise_conv(x, self.weight, self.bias, residual)
+    def execute(self, x, residual=False, gelu=False):
+        """``dwconv(x)``, or ``x + dwconv(x)`` when ``residual``; then GELU when ``gelu``."""
+        return depthwise_conv(x, self.weight, self.bias, residual, gelu)
 
     def extra_repr(self):
         return f"{self.dim}, kernel_size={self.kernel_size}"
@@ -141,11 +141,10 @@ class MLP(nn.Module):
         self.fc1 = FoldedBiasLinear(dim, hidden)
         self.pos = DepthwiseConv2d(hidden, 3)
         self.fc2 = nn.Linear(hidden, dim)
-        self.act = GELU()
 
     def execute(self, x):
         x = self.fc1(self.norm(x))
-        x = self.act(self.pos(x, residual=True))
+        x = self.pos(x, residual=True, gelu=True)    # the reference's GELU, in the same pass
         return self.fc2(x)
 
 
@@ -232,7 +231,7 @@ class Attention(nn.Module):
         x_e = self.norm_e(x_e)
         q = self.q(x)
         cut = self.q_cut(x)
-        t = self.act(self.l(x))
+        t = self.act(nn.matmul_transpose(x, self.l.weight), self.l.bias)   # bias in GELU's pass
         a = self.a(self.conv(t))
         e = self.e_back(self.e_conv(self.e_fore(x_e)))
         branches = [q * a]

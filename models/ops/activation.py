@@ -12,7 +12,7 @@ from ._common import HEADER, fused_for
 # 1 - t (a1 + t (a2 + ... a5)) exp(-z^2) with t = 1 / (1 + p z)
 # (Abramowitz & Stegun 7.1.26, absolute error below 1.5e-7); odd symmetry
 # gives negative z.
-_GELU_HEADER = HEADER + r"""
+GELU_HEADER = HEADER + r"""
 static inline float lyr_gelu_parts(float x, float* cdf) {
     const float z = std::fabs(x) * 0.70710678118654752f;
     const float t = 1.0f / std::fma(0.3275911f, z, 1.0f);
@@ -66,7 +66,7 @@ def _gelu_kernel(x, bias, grad=None):
                    f"#define BIAS_TERM(c) + in{len(inputs)}_p[c]\n")
         inputs.append(bias)
     defines += f"#define FORWARD {int(grad is None)}\n"
-    return jt.code(x.shape, x.dtype, inputs, cpu_header=_GELU_HEADER, cpu_src=defines + _GELU_SRC)
+    return jt.code(x.shape, x.dtype, inputs, cpu_header=GELU_HEADER, cpu_src=defines + _GELU_SRC)
 
 
 class _FusedGELU(jt.Function):

@@ -1,9 +1,10 @@
 """Depthwise ``k x k`` convolution (stride 1, 'same' padding) of a channels-last
-tensor, plus bias, plus the input itself when ``residual`` (``x + dwconv(x)``).
+tensor, plus bias, plus the input itself when ``residual`` (``x + dwconv(x)``),
+optionally followed by GELU.
 
 Fused paths never leave the (B, H, W, C) layout: taps up to 5x5 run in an
 OpenMP kernel (faster than oneDNN there, and the bias and residual come free in
-the same pass); larger taps, or channel counts the kernel cannot vectorise, run
+the same pass, and without gradients the GELU too); larger taps, or channel counts the kernel cannot vectorise, run
 oneDNN's convolution with NHWC memory tags. The weight and bias gradients of
 every tap size come from one OpenMP kernel (oneDNN's depthwise weight gradient
 is ~20x slower at 7x7), except for channel counts it cannot vectorise. The plain
@@ -13,12 +14,14 @@ import jittor as jt
 from jittor import nn
 
 from ._common import HEADER, VECTOR_WIDTH, fused_for
+from .activation import GELU_HEADER, gelu as _gelu
 
 _KERNEL_MAX_TAPS = 5
 
 # in0: x (B, H, W, C), C a multiple of 16; in1: taps (K, K, C); in2: bias (C,)
-# -> out0 (B, H, W, C). With RESIDUAL 1 the input is added to the result.
-# Channels go in groups of 64 so the accumulators stay in registers across taps.
+# -> out0 (B, H, W, C). With RESIDUAL 1 the input is added to the result; with
+# GELU_OUT defined the result goes through GELU before it is stored (one pass
+# instead of two over the widest tensor of DFormer's MLP). Channels go in groups of 64 so the accumulators stay in registers across taps.
 _DWCONV_SRC = r"""
 const int B = in0_shape0, H = in0_shape1, W = in0_shape2, C = in0_shape3;
 const int K = in1_shape0, P = K / 2;
@@ -56,6 +59,15 @@ for (int r = 0; r < H; r++) {
                 }
             }
             for (int u = 0; u < nv; u++) dfv_store(out0_p + pix * C + cb + 16 * u, acc[u]);
+#ifdef GELU_OUT
+            float* __restrict__ o = out0_p + pix * C + cb;     // still in L1
+#pragma omp simd
+            for (int l = 0; l < 16 * nv; l++) {
+                float cdf;
+                lyr_gelu_parts(o[l], &cdf);
+                o[l] *= cdf;
+            }
+#endif
         }
     }
 }
@@ -167,9 +179,10 @@ def _taps(weight, flip=False):
     return weight.reindex([k, k, c], ["i2", "0", "i0", "i1"])
 
 
-def _kernel(x, taps, bias, residual):
-    src = f"#define RESIDUAL {int(residual)}\n" + _DWCONV_SRC
-    return jt.code(x.shape, x.dtype, [x, taps, bias], cpu_header=HEADER, cpu_src=src)
+def _kernel(x, taps, bias, residual, gelu=False):
+    src = f"#define RESIDUAL {int(residual)}\n" + ("#define GELU_OUT\n" if gelu else "") + _DWCONV_SRC
+    return jt.code(x.shape, x.dtype, [x, taps, bias], cpu_header=GELU_HEADER if gelu else HEADER,
+                   cpu_src=src)
 
 
 def _kernel_applies(x, weight):
@@ -240,9 +253,13 @@ def can_use(x, weight):
     return fused_for(x) and (_kernel_applies(x, weight) or _onednn() is not None)
 
 
-def depthwise_conv(x, weight, bias, residual=False):
+def depthwise_conv(x, weight, bias, residual=False, gelu=False):
     """``dwconv(x) + bias`` of x (B, H, W, C) with weight (C, 1, k, k);
-    ``x + dwconv(x) + bias`` when ``residual``."""
-    if can_use(x, weight):
-        return _FusedDepthwiseConv(residual, _kernel_applies(x, weight))(x, weight, bias)
-    return depthwise_conv_plain(x, weight, bias, residual)
+    ``x + dwconv(x) + bias`` when ``residual``; GELU of that when ``gelu``."""
+    if not can_use(x, weight):
+        y = depthwise_conv_plain(x, weight, bias, residual)
+    elif gelu and jt.flags.no_grad and _kernel_applies(x, weight):
+        return _kernel(x, _taps(weight), bias, residual, gelu=True)
+    else:
+        y = _FusedDepthwiseConv(residual, _kernel_applies(x, weight))(x, weight, bias)
+    return _gelu(y) if gelu else y
