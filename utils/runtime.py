@@ -249,9 +249,9 @@ def init_device(use_cuda=None):
     """Select the device: CUDA when Jittor finds one (or when forced), else CPU.
 
     On the CPU the main thread also goes to flush-to-zero mode before any compute
-    thread starts: denormal products otherwise cost ~100x in the x86 FPU (DFormer-B
-    inference with random weights ran 11% slower without it) and would make a
-    resumed run round differently from an uninterrupted one. Returns "cuda" or "cpu".
+    thread starts: denormal products (DFormer-B inference with random weights makes
+    them) are slow in the x86 FPU, and would make a resumed run round differently
+    from an uninterrupted one. Returns "cuda" or "cpu".
     """
     global FTZ_STATUS
     import jittor as jt
