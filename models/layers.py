@@ -41,33 +41,26 @@ class BatchNorm2d(nn.Module):
 
     def execute(self, x):
         dims = [0] + list(range(2, x.ndim))
-        if self.is_training() and not (self.sync and jt.in_mpi):
-            # Local batch statistics: one fused pass on the CPU (models.ops.batch_norm).
-            # mean / var enter the running statistics only, detached.
-            y, mean, var = batch_norm_train(x, self.weight, self.bias, self.eps)
-            count = x.numel() // x.shape[1]
-            unbiased = var * (count / max(count - 1, 1))
-            m = self.momentum
-            self.running_mean.update((1 - m) * self.running_mean + m * mean.detach())
-            self.running_var.update((1 - m) * self.running_var + m * unbiased.detach())
-            self.num_batches_tracked.update(self.num_batches_tracked + 1)
-            return y
-        if self.is_training():
-            mean = x.mean(dims=dims)
-            sq_mean = (x * x).mean(dims=dims)
-            count = x.numel() // x.shape[1]
-            if self.sync and jt.in_mpi:
-                mean = mean.mpi_all_reduce("mean")
-                sq_mean = sq_mean.mpi_all_reduce("mean")
-                count = count * jt.world_size
+        if not self.is_training():
+            return self._normalize(x, self.running_mean, self.running_var, dims)
+        count = x.numel() // x.shape[1]
+        if self.sync and jt.in_mpi:
+            mean = x.mean(dims=dims).mpi_all_reduce("mean")
+            sq_mean = (x * x).mean(dims=dims).mpi_all_reduce("mean")
             var = (sq_mean - mean * mean).maximum(0.0)
-            unbiased = var * (count / max(count - 1, 1))
-            m = self.momentum
-            self.running_mean.update((1 - m) * self.running_mean + m * mean.detach())
-            self.running_var.update((1 - m) * self.running_var + m * unbiased.detach())
-            self.num_batches_tracked.update(self.num_batches_tracked + 1)
+            count = count * jt.world_size
+            y = self._normalize(x, mean, var, dims)
         else:
-            mean, var = self.running_mean, self.running_var
+            # local statistics: one fused pass on the CPU (models.ops.batch_norm)
+            y, mean, var = batch_norm_train(x, self.weight, self.bias, self.eps)
+        unbiased = var * (count / max(count - 1, 1))
+        m = self.momentum
+        self.running_mean.update((1 - m) * self.running_mean + m * mean.detach())
+        self.running_var.update((1 - m) * self.running_var + m * unbiased.detach())
+        self.num_batches_tracked.update(self.num_batches_tracked + 1)
+        return y
+
+    def _normalize(self, x, mean, var, dims):
         scale = self.weight / jt.sqrt(var + self.eps)
         shift = self.bias - mean * scale
         return x * scale.broadcast(x, dims) + shift.broadcast(x, dims)

@@ -10,16 +10,20 @@ import jittor as jt
 
 from ._common import HEADER, fused_for
 
+# Both kernels see x as (N, C, S) and sum M = N * S values per channel.
+_SHAPE = r"""
+const int N = in0_shape0;
+const int C = in0_shape1;
+const long long S = in0_shape2;
+const double M = (double)N * (double)S;
+"""
+
 # Statistics and output. in0 x (N, C, S), in1 weight (C,), in2 bias (C,) ->
 # out0 y (N, C, S), out1 mean (C,), out2 biased variance (C,), out3 rstd (C,) =
 # 1 / sqrt(var + eps), kept for the gradient. Sums accumulate in double around
 # the channel's first value (so a constant channel gets a variance of exactly 0
 # and offsets do not cancel away the variance); y = (x - mean) * (w * rstd) + b.
-_BN_SRC = r"""
-const int N = in0_shape0;
-const int C = in0_shape1;
-const long long S = in0_shape2;
-const double M = (double)N * (double)S;
+_BN_SRC = _SHAPE + r"""
 #pragma omp parallel for schedule(static)
 for (int c = 0; c < C; c++) {
     const float k = in0_p[(long long)c * S];
@@ -56,11 +60,7 @@ for (int c = 0; c < C; c++) {
 # values per channel: dbias = sum(gy), dweight = sum(gy * xhat),
 # dx = w * rstd * (gy - dbias / M - xhat * dweight / M) + gmean / M + gvar * 2 d / M,
 # run as dx = k1 * gy + kd * d + k0. NEED_DX leaves dx out.
-_BN_GRAD_SRC = r"""
-const int N = in0_shape0;
-const int C = in0_shape1;
-const long long S = in0_shape2;
-const double M = (double)N * (double)S;
+_BN_GRAD_SRC = _SHAPE + r"""
 #pragma omp parallel for schedule(static)
 for (int c = 0; c < C; c++) {
     const float mean = in2_p[c];

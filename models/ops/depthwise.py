@@ -3,12 +3,13 @@ tensor, plus bias, plus the input itself when ``residual`` (``x + dwconv(x)``),
 optionally followed by GELU.
 
 Fused paths never leave the (B, H, W, C) layout: taps up to 5x5 run in an
-OpenMP kernel (faster than oneDNN there, and the bias and residual come free in
-the same pass, and without gradients the GELU too); larger taps, or channel counts the kernel cannot vectorise, run
-oneDNN's convolution with NHWC memory tags. The weight and bias gradients of
-every tap size come from one OpenMP kernel (oneDNN's depthwise weight gradient
-is ~20x slower at 7x7), except for channel counts it cannot vectorise. The plain
-path transposes to NCHW for Jittor's own convolution.
+OpenMP kernel (faster than oneDNN there; the bias, the residual and, without
+gradients, the GELU come free in the same pass); larger taps, or channel counts
+the kernel cannot vectorise, run oneDNN's convolution with NHWC memory tags.
+The weight and bias gradients of every tap size come from one OpenMP kernel
+(oneDNN's depthwise weight gradient is ~20x slower at 7x7), except for channel
+counts it cannot vectorise. The plain path transposes to NCHW for Jittor's own
+convolution.
 """
 import jittor as jt
 from jittor import nn
@@ -21,7 +22,8 @@ _KERNEL_MAX_TAPS = 5
 # in0: x (B, H, W, C), C a multiple of 16; in1: taps (K, K, C); in2: bias (C,)
 # -> out0 (B, H, W, C). With RESIDUAL 1 the input is added to the result; with
 # GELU_OUT defined the result goes through GELU before it is stored (one pass
-# instead of two over the widest tensor of DFormer's MLP). Channels go in groups of 64 so the accumulators stay in registers across taps.
+# instead of two over the widest tensor of DFormer's MLP). Channels go in groups
+# of 64 so the accumulators stay in registers across taps.
 _DWCONV_SRC = r"""
 const int B = in0_shape0, H = in0_shape1, W = in0_shape2, C = in0_shape3;
 const int K = in1_shape0, P = K / 2;
@@ -180,7 +182,8 @@ def _taps(weight, flip=False):
 
 
 def _kernel(x, taps, bias, residual, gelu=False):
-    src = f"#define RESIDUAL {int(residual)}\n" + ("#define GELU_OUT\n" if gelu else "") + _DWCONV_SRC
+    src = (f"#define RESIDUAL {int(residual)}\n" + ("#define GELU_OUT\n" if gelu else "")
+           + _DWCONV_SRC)
     return jt.code(x.shape, x.dtype, [x, taps, bias], cpu_header=GELU_HEADER if gelu else HEADER,
                    cpu_src=src)
 
