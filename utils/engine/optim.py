@@ -216,13 +216,16 @@ class _StateMixin:
 # contracted or turned into reciprocal approximations), so the results are the same
 # bit for bit; elsewhere a plain loop gives them to float rounding.
 _ADAMW_CHUNK = 64
+# Jittor puts the kernel's macros (in0_type, ...) after the header's last #include, so
+# that line must not sit inside a conditional: the AVX-512 include comes first.
 _ADAMW_HEADER = r"""
-#include <cmath>
-#include <vector>
-#include <algorithm>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#include <cmath>
+#include <vector>
+#include <algorithm>
+__attribute__((optimize("no-fast-math", "fp-contract=off")))
 static inline void adamw_span(const float* __restrict__ p, const float* __restrict__ g,
                               const float* __restrict__ m, const float* __restrict__ v,
                               float* __restrict__ po, float* __restrict__ mo,
@@ -255,6 +258,8 @@ static inline void adamw_span(const float* __restrict__ p, const float* __restri
     }
 #undef ADAMW_R
 #else
+    // -Ofast would let g++ regroup these; each operation is rounded on its own instead.
+    #pragma GCC ivdep
     for (; i < hi; i++) {
         const float p1 = p[i] * decay;
         const float m1 = std::fma(g[i], one_b0, m[i] * b0);
