@@ -12,8 +12,9 @@ included), then checks, one PASS/FAIL line each:
   evaluation item of the same files, also with the SUN RGB-D padding on (same
   preprocessing: BGR order, ImageNet normalisation, depth ``(d/255 - 0.48)/0.28``);
 * a missing depth is an error;
-* ``show_result_pyplot`` and ``MMSegInferencer`` (single pair, list, folder pair,
-  ``out_dir/vis`` and ``out_dir/pred``);
+* ``show_result_pyplot`` (``show=True`` by default, a warning without a display) and
+  ``MMSegInferencer`` (single pair, list, folder pair, ``out_dir/vis`` and
+  ``out_dir/pred``, ``return_datasamples`` semantics, unknown keywords rejected);
 * ``tools/mmseg_infer.py`` as a command (overlay and class-index PNG written).
 
 Exit status 0 when everything passes, 1 otherwise; the last line is ``N passed, N failed``.
@@ -164,27 +165,61 @@ def check_missing_depth(ctx):
 
 
 def check_show(ctx):
+    import warnings
     from mmseg.apis import inference_model, show_result_pyplot
     rgb, depth = ctx.pairs[1]
     result = inference_model(ctx.model, (rgb, depth))
     out = os.path.join(ctx.root, "show", "vis.png")
-    drawn = show_result_pyplot(ctx.model, rgb, result, opacity=0.5, out_file=out)
+    drawn = show_result_pyplot(ctx.model, rgb, result, opacity=0.5, out_file=out, show=False)
     assert drawn.shape == SIZES[1] + (3,) and os.path.isfile(out)
+    import matplotlib
+    if matplotlib.get_backend().lower() == "agg":  # show=True is mmseg's default: no window here
+        from mmseg import visualization
+        visualization._NO_DISPLAY_WARNED.clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            again = show_result_pyplot(ctx.model, rgb, result, opacity=0.5)
+        assert np.array_equal(again, drawn)
+        assert any("no display" in str(w.message) for w in caught), "show=True is not the default"
 
 
 def check_inferencer(ctx):
+    """mmseg 1.x's outputs: dict by default, bare SegDataSample(s) with return_datasamples
+    (drawings still written, no class-map files), ``%08d_vis.jpg`` for arrays, unknown
+    keywords rejected."""
+    import cv2
     from mmseg.apis import MMSegInferencer
+    from mmseg.structures import SegDataSample
+    from utils.errors import ConfigError
     inferencer = MMSegInferencer(ctx.model)
     one = inferencer({"img": ctx.pairs[0][0], "modal_x": ctx.pairs[0][1]}, return_vis=True)
     assert one["predictions"].shape == SIZES[0] and one["visualization"].shape == SIZES[0] + (3,)
+    assert inferencer(tuple(ctx.pairs[0]))["visualization"] == []
     many = inferencer([tuple(p) for p in ctx.pairs], return_datasamples=True)
-    assert len(many["predictions"]) == 2 and many["predictions"][1].pred_sem_seg.shape == SIZES[1]
+    assert isinstance(many, list) and len(many) == 2, type(many)
+    assert all(isinstance(s, SegDataSample) for s in many) and many[1].pred_sem_seg.shape == SIZES[1]
+    single = inferencer(tuple(ctx.pairs[1]), return_datasamples=True)
+    assert isinstance(single, SegDataSample)
+    assert np.array_equal(single.pred_sem_seg.data, many[1].pred_sem_seg.data)
     out_dir = os.path.join(ctx.root, "inferencer")
     folder = inferencer({"img": os.path.join(ctx.data, "RGB"), "modal_x": os.path.join(ctx.data, "Depth")},
                         out_dir=out_dir)
     assert len(folder["predictions"]) == 2
     assert sorted(os.listdir(os.path.join(out_dir, "vis"))) == ["img_0.png", "img_1.png"]
-    assert len(os.listdir(os.path.join(out_dir, "pred"))) == 2
+    assert sorted(os.listdir(os.path.join(out_dir, "pred"))) == ["00000002_pred.png", "00000003_pred.png"]
+    arrays_dir = os.path.join(ctx.root, "inferencer_samples")
+    arrays = {"img": cv2.imread(ctx.pairs[0][0]), "modal_x": cv2.imread(ctx.pairs[0][1], 0)}
+    sample = MMSegInferencer(ctx.model)(arrays, return_datasamples=True, out_dir=arrays_dir)
+    assert isinstance(sample, SegDataSample)
+    assert os.listdir(os.path.join(arrays_dir, "vis")) == ["00000000_vis.jpg"]
+    assert not os.path.exists(os.path.join(arrays_dir, "pred")), "return_datasamples wrote class maps"
+    for typo in ({"return_datasample": True}, {"opactiy": 0.5}):
+        try:
+            inferencer(tuple(ctx.pairs[0]), **typo)
+        except ConfigError as exc:
+            assert repr(next(iter(typo))) in str(exc), str(exc)
+            continue
+        raise AssertionError(f"no error for the unknown keyword {typo}")
 
 
 def check_cli(ctx):
@@ -222,7 +257,7 @@ def main(argv=None):
                   ("... also with the SUN RGB-D padding", lambda: check_equal_engine(ctx, pad_sun=True)),
                   ("missing depth is an InputError", lambda: check_missing_depth(ctx)),
                   ("show_result_pyplot", lambda: check_show(ctx)),
-                  ("MMSegInferencer (pair, list, folder pair, out_dir)", lambda: check_inferencer(ctx))]
+                  ("MMSegInferencer (pair, list, folder pair, out_dir, return_datasamples, typos)", lambda: check_inferencer(ctx))]
         if not args.no_cli:
             checks.append(("tools/mmseg_infer.py command", lambda: check_cli(ctx)))
         return run_checks(checks)

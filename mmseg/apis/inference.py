@@ -5,9 +5,10 @@ preprocessing and :func:`utils.engine.evaluator.predict_probs`), packed into a
 :class:`~mmseg.structures.SegDataSample`:
 
 * ``pred_sem_seg.data``: (1, H, W) int64 class map at the input size;
-* ``seg_logits.data``: (C, H, W) float32 log-probabilities (log-softmax scores of the
-  pass, averaged over test-time passes when TTA is on): ``softmax`` of them gives the
-  engine's probabilities and their argmax is ``pred_sem_seg``.
+* ``seg_logits.data``: (C, H, W) float32, the log of the class probabilities: the
+  softmax of each test-time pass, averaged over the passes (one pass without TTA), then
+  the log. ``exp`` (or ``softmax``) of them gives the engine's probabilities and their
+  argmax is ``pred_sem_seg``. mmseg stores raw logits here; the argmax is the same.
 """
 import copy
 import os
@@ -17,8 +18,7 @@ import numpy as np
 
 from utils.errors import ConfigError, InputError
 
-__all__ = ["init_model", "inference_model", "show_result_pyplot", "parse_device",
-           "split_rgbd", "dataset_meta"]
+__all__ = ["init_model", "inference_model", "show_result_pyplot", "parse_device", "split_rgbd"]
 
 _WARNED_CPU = []
 
@@ -69,22 +69,13 @@ def _load_cfg(config, cfg_options=None):
                       f"configs/dformer/....py) or a config dict, got {type(config).__name__}")
 
 
-def dataset_meta(cfg, classes=None, palette=None):
-    """mmseg's ``{'classes': tuple, 'palette': [[r, g, b], ...]}`` of a config."""
-    from utils.visualize import get_palette
-    n = int(cfg.num_classes)
-    names = classes or cfg.get("class_names") or [f"class_{i}" for i in range(n)]
-    if palette is None:
-        palette = get_palette(cfg)[:n].tolist()
-    return {"classes": tuple(names), "palette": [list(map(int, c)) for c in palette]}
-
-
 def init_model(config, checkpoint=None, device="cuda:0", cfg_options=None):
     """Build the segmentor of ``config`` in eval mode with ``checkpoint`` loaded (strictly).
 
     Sets ``model.cfg`` (the internal config) and ``model.dataset_meta``. Without a
     checkpoint the weights are random (one warning).
     """
+    from mmseg.utils import dataset_meta
     from utils import api
     from utils import runtime
     use_cuda = parse_device(device)
@@ -176,12 +167,14 @@ def inference_model(model, img, *, tta=False, scales=None, flip=None, sliding=Fa
 
 
 def show_result_pyplot(model, img, result, opacity=0.5, title="", draw_gt=True, draw_pred=True,
-                       wait_time=0, show=False, with_labels=True, save_dir=None, out_file=None):
+                       wait_time=0, show=True, with_labels=True, save_dir=None, out_file=None):
     """Draw ``result`` over the RGB image of ``img`` and return the drawing (RGB uint8).
 
     ``img``: the RGB-D input (or just its RGB: a path or a BGR array). Writes
-    ``out_file`` when given; ``show`` opens a window where a display exists.
+    ``out_file`` when given. ``show`` (default True, as in mmseg) opens a matplotlib
+    window; without a display it warns once and only returns the drawing.
     """
+    from mmseg.utils import dataset_meta
     from mmseg.visualization import SegLocalVisualizer
     from utils import api
     rgb = img

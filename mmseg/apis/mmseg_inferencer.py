@@ -2,17 +2,22 @@
 
 Inputs: one RGB-D input (``{'img': rgb, 'modal_x': depth}`` / ``(rgb, depth)``, paths or
 arrays), a list of them, or a folder pair (``{'img': rgb_dir, 'modal_x': depth_dir}`` /
-``(rgb_dir, depth_dir)``: files paired by stem). Outputs as in mmseg: a dict with
-``predictions`` ((H, W) class maps, or the SegDataSamples with
-``return_datasamples=True``) and ``visualization`` (RGB drawings when ``return_vis``);
-with ``out_dir`` the drawings go to ``out_dir/vis/<image name>`` (``%08d.jpg`` for
-arrays) and the class maps to ``out_dir/pred/%08d_pred.png``.
+``(rgb_dir, depth_dir)``: files paired by stem). Outputs as in mmseg 1.x:
+
+* by default a dict with ``predictions`` ((H, W) class maps; one map for one input)
+  and ``visualization`` (RGB drawings with ``return_vis``, else ``[]``); with
+  ``out_dir`` the class maps go to ``out_dir/pred/%08d_pred.png``;
+* ``return_datasamples=True``: the bare :class:`~mmseg.structures.SegDataSample` (a list
+  for several inputs) instead of the dict, and no class-map files;
+
+either way the drawings go to ``out_dir/vis/<image name>`` (``%08d_vis.jpg`` for arrays)
+when ``out_dir`` is given. A keyword mmseg does not know here is an error.
 """
 import os
 
-from utils.errors import InputError
+from utils.errors import ConfigError, InputError
 
-from .inference import dataset_meta, init_model, inference_model, split_rgbd
+from .inference import init_model, inference_model, split_rgbd
 
 __all__ = ["MMSegInferencer"]
 
@@ -23,6 +28,11 @@ def _is_dir_pair(inputs):
     except InputError:
         return False
     return isinstance(rgb, (str, os.PathLike)) and os.path.isdir(rgb)
+
+
+def _check_scope(scope):
+    if scope not in (None, "mmseg"):
+        raise ConfigError(f"MMSegInferencer: scope {scope!r} is not supported (only 'mmseg')")
 
 
 class MMSegInferencer:
@@ -38,14 +48,16 @@ class MMSegInferencer:
 
     def __init__(self, model, weights=None, classes=None, palette=None, dataset_name=None,
                  device=None, scope="mmseg", cfg_options=None):
+        _check_scope(scope)
         if isinstance(model, (str, os.PathLike, dict)):
             model = init_model(model, weights, device=device, cfg_options=cfg_options)
         elif getattr(model, "cfg", None) is None:
             raise InputError("MMSegInferencer needs a config name/path or a model from init_model")
         self.model = model
         self.cfg = model.cfg
-        meta = dict(getattr(model, "dataset_meta", None) or dataset_meta(model.cfg))
+        from mmseg.utils import dataset_meta
         from mmseg.visualization import SegLocalVisualizer
+        meta = dict(getattr(model, "dataset_meta", None) or dataset_meta(model.cfg))
         self.visualizer = SegLocalVisualizer()
         self.visualizer.set_dataset_meta(meta["classes"], meta["palette"])
         if dataset_name:
@@ -77,27 +89,34 @@ class MMSegInferencer:
     # ------------------------------------------------------------------ call
     def __call__(self, inputs, return_datasamples=False, batch_size=1, return_vis=False,
                  show=False, wait_time=0, out_dir="", img_out_dir="vis", pred_out_dir="pred",
-                 opacity=0.8, with_labels=True, tta=False, sliding=False, **unused):
+                 opacity=0.8, with_labels=True, tta=False, sliding=False, **kwargs):
+        """Segment ``inputs``; ``tta`` / ``sliding`` are this project's test-time passes
+        (see :func:`~mmseg.apis.inference_model`), the rest are mmseg's arguments."""
+        if kwargs:
+            key = sorted(kwargs)[0]
+            hint = " (did you mean return_datasamples?)" if key == "return_datasample" else ""
+            raise ConfigError(f"MMSegInferencer: unknown argument {key!r}{hint}; accepted: "
+                              "return_datasamples, batch_size, return_vis, show, wait_time, "
+                              "out_dir, img_out_dir, pred_out_dir, opacity, with_labels, tta, "
+                              "sliding")
         items = self._inputs_to_list(inputs)
-        if int(batch_size) < 1:
-            raise InputError("batch_size must be >= 1")
-        vis_dir = os.path.join(out_dir, img_out_dir) if out_dir and img_out_dir else ""
-        pred_dir = os.path.join(out_dir, pred_out_dir) if out_dir and pred_out_dir else ""
-        predictions, drawings = [], []
-        for start in range(0, len(items), int(batch_size)):
-            for item in items[start:start + int(batch_size)]:
-                sample = inference_model(self.model, item, tta=tta, sliding=sliding)
-                drawing = self._visualize(item, sample, return_vis, show, wait_time, vis_dir,
-                                          opacity, with_labels)
-                if drawing is not None:
-                    drawings.append(drawing)
-                predictions.append(sample if return_datasamples else self._postprocess(sample, pred_dir))
-        if return_datasamples and pred_dir:
-            for sample in predictions:
-                self._postprocess(sample, pred_dir)
-        result = {"predictions": predictions[0] if len(predictions) == 1 else predictions,
-                  "visualization": drawings[0] if len(drawings) == 1 else drawings}
-        return result
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ConfigError(f"MMSegInferencer: batch_size must be an integer >= 1 (got {batch_size!r})")
+        vis_dir = os.path.join(out_dir, img_out_dir) if out_dir else ""
+        pred_dir = os.path.join(out_dir, pred_out_dir) if out_dir else ""
+        samples, drawings = [], []
+        for item in items:  # one at a time: inputs may differ in size
+            sample = inference_model(self.model, item, tta=tta, sliding=sliding)
+            drawing = self._visualize(item, sample, return_vis, show, wait_time, vis_dir,
+                                      opacity, with_labels)
+            if drawing is not None:
+                drawings.append(drawing)
+            samples.append(sample)
+        if return_datasamples:
+            return samples[0] if len(samples) == 1 else samples
+        predictions = [self._postprocess(sample, pred_dir) for sample in samples]
+        return {"predictions": predictions[0] if len(predictions) == 1 else predictions,
+                "visualization": drawings[0] if len(drawings) == 1 else drawings}
 
     def _postprocess(self, sample, pred_dir):
         pred = sample.pred_sem_seg.data[0]
@@ -116,7 +135,7 @@ class MMSegInferencer:
         if isinstance(rgb, (str, os.PathLike)):
             name = os.path.basename(os.fspath(rgb))
         else:
-            name = f"{self.num_visualized_imgs:08d}.jpg"
+            name = f"{self.num_visualized_imgs:08d}_vis.jpg"
         out_file = os.path.join(vis_dir, name) if vis_dir else None
         self.visualizer.alpha = float(opacity)
         drawing = self.visualizer.add_datasample(name, bgr[:, :, ::-1].copy(), sample, draw_gt=False,
@@ -127,6 +146,8 @@ class MMSegInferencer:
 
     @staticmethod
     def list_models(scope="mmseg"):
+        """The config names ``model`` accepts."""
+        _check_scope(scope)
         from local_configs import list_configs
         return list_configs()
 

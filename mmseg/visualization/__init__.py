@@ -7,6 +7,9 @@ import numpy as np
 
 __all__ = ["SegLocalVisualizer"]
 
+_NON_INTERACTIVE = ("agg", "cairo", "pdf", "pgf", "ps", "svg", "template")
+_NO_DISPLAY_WARNED = []
+
 
 class SegLocalVisualizer:
     """Draws semantic segmentation over an image, as mmseg's visualizer does.
@@ -20,7 +23,13 @@ class SegLocalVisualizer:
     """
 
     def __init__(self, name="visualizer", image=None, vis_backends=None, save_dir=None,
-                 classes=None, palette=None, dataset_name=None, alpha=0.8, **unused):
+                 classes=None, palette=None, dataset_name=None, alpha=0.8):
+        for backend in vis_backends or ():
+            kind = backend.get("type") if isinstance(backend, dict) else backend
+            if kind != "LocalVisBackend":
+                from utils.errors import ConfigError
+                raise ConfigError(f"SegLocalVisualizer: vis_backends {kind!r} is not supported "
+                                  "(drawings are files under save_dir: LocalVisBackend)")
         self.name = name
         self.save_dir = save_dir
         self.alpha = float(alpha)
@@ -31,17 +40,11 @@ class SegLocalVisualizer:
 
     def set_dataset_meta(self, classes=None, palette=None, dataset_name=None):
         """Class names and (N, 3) RGB palette; a dataset name ('NYUDepthv2', 'SUNRGBD',
-        'SynthRGBD') picks that dataset's defaults."""
+        'SynthRGBD') gives what ``classes`` / ``palette`` leave unset."""
         if dataset_name and (classes is None or palette is None):
-            from mmseg.apis.inference import dataset_meta
-            from utils.config import load_config
-            names = {"NYUDepthv2": "NYUDepthv2.DFormer_Tiny", "SUNRGBD": "SUNRGBD.DFormer_Tiny",
-                     "SynthRGBD": "SynthRGBD.DFormer_Tiny"}
-            if dataset_name not in names:
-                raise ValueError(f"unknown dataset_name {dataset_name!r}; known: {', '.join(names)}")
-            meta = dataset_meta(load_config("local_configs." + names[dataset_name]))
-            classes = classes if classes is not None else meta["classes"]
-            palette = palette if palette is not None else meta["palette"]
+            from mmseg.utils import get_classes, get_palette
+            classes = classes if classes is not None else get_classes(dataset_name)
+            palette = palette if palette is not None else get_palette(dataset_name)
         if classes is not None:
             self.dataset_meta["classes"] = tuple(classes)
         if palette is not None:
@@ -113,10 +116,21 @@ class SegLocalVisualizer:
 
     @staticmethod
     def _show(image, name, wait_time):
+        """Show the drawing in a matplotlib window; without a display (a non-interactive
+        backend such as Agg) there is no window: one warning, the drawing is still returned."""
         try:
+            import matplotlib
             import matplotlib.pyplot as plt
         except ImportError:
             warnings.warn("show=True needs matplotlib; the drawing is returned instead.", RuntimeWarning)
+            return
+        backend = matplotlib.get_backend().lower()
+        if backend in _NON_INTERACTIVE:
+            if not _NO_DISPLAY_WARNED:
+                warnings.warn(f"show=True: no display (matplotlib backend {backend!r}); the "
+                              "drawing is returned (and written with out_file) instead.",
+                              RuntimeWarning)
+                _NO_DISPLAY_WARNED.append(True)
             return
         plt.figure(name or "result")
         plt.imshow(image)
@@ -125,3 +139,4 @@ class SegLocalVisualizer:
             plt.pause(wait_time)
         else:
             plt.show()
+        plt.close()
