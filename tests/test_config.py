@@ -240,6 +240,31 @@ def test_supported_mmengine_settings():
     assert (cfg.eval_scale_array, cfg.eval_flip) == ([1.0], False)
 
 
+def _aux(weight):
+    return ["model.auxiliary_head.type=FCNHead", f"model.auxiliary_head.loss_weight={weight}"]
+
+
+def test_decode_head_keys_the_engine_fixes_are_errors_unless_equal():
+    """UPerHead / NLHead / DeepLabV3+ have fixed widths and always carry the FCN auxiliary
+    head at 0.4; LightHamHead's width and auxiliary weight are free; MLPDecoder has none."""
+    cfg = load_config(NYU_L, ["model.decode_head.type=UPerHead", "model.decode_head.channels=512",
+                              *_aux(0.4)])
+    assert (cfg.decoder, cfg.decoder_embed_dim, cfg.aux_rate) == ("UPernet", 512, 0.4)
+    cfg = load_config(NYU_L, ["model.decode_head.channels=256",
+                              *_aux(0.3)])
+    assert (cfg.decoder, cfg.decoder_embed_dim, cfg.aux_rate) == ("ham", 256, 0.3)
+    bad = [(["model.decode_head.type=UPerHead", "model.decode_head.channels=1024"], "channels=1024"),
+           (["model.decode_head.type=NLHead", "model.decode_head.channels=512"],
+            "auxiliary_head=None"),
+           (["model.decode_head.type=DepthwiseSeparableASPPHead", "model.decode_head.channels=256",
+             *_aux(0.2)], "loss_weight=0.4"),
+           (["model.decode_head.type=MLPDecoder",
+             *_aux(0.4)], "set it to None")]
+    for options, message in bad:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(NYU_L, options)
+
+
 # ============================================================================ class configs
 
 def test_class_config_flat_fields_and_aliases():

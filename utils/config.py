@@ -575,6 +575,10 @@ _LIST_OF_DICTS = ("param_scheduler",)
 
 DECODE_HEADS = {"LightHamHead": "ham", "MLPDecoder": "MLPDecoder", "UPerHead": "UPernet",
                 "DepthwiseSeparableASPPHead": "deeplabv3+", "NLHead": "nl"}
+# Heads whose width the engine fixes (models.decoders): ``channels`` must be that value.
+FIXED_HEAD_CHANNELS = {"UPernet": 512, "nl": 512, "deeplabv3+": 256}
+# Heads the engine always pairs with the auxiliary FCN head at this loss weight.
+FIXED_AUX_RATE = {"UPernet": 0.4, "nl": 0.4, "deeplabv3+": 0.4}
 OPTIMIZERS = {"AdamW": "AdamW", "SGD": "SGDM"}
 LOADERS = ("train", "val", "test")
 
@@ -651,18 +655,21 @@ def translate(tree, source="config", explicit=(), file_total_iters=None):
     r.take("model.backbone.type", "backbone", _str)
     r.take("model.backbone.drop_path_rate", "drop_path_rate", _number)
     r.take("model.pretrained", "pretrained_model", _opt_str)
-    r.take_choice("model.decode_head.type", "decoder", DECODE_HEADS)
-    r.take("model.decode_head.channels", "decoder_embed_dim", _pos_int)
+    head = r.take_choice("model.decode_head.type", "decoder", DECODE_HEADS)
+    decoder = DECODE_HEADS[head]
+    if decoder in FIXED_HEAD_CHANNELS:
+        channels = _pos_int(r.get("model.decode_head.channels"), "model.decode_head.channels")
+        if channels != FIXED_HEAD_CHANNELS[decoder]:
+            raise ConfigError(f"{source}: model.decode_head.channels={channels} is not supported "
+                              f"for {head} (its width is fixed: {FIXED_HEAD_CHANNELS[decoder]})")
+        r.put("decoder_embed_dim", channels, "model.decode_head.channels")
+    else:
+        r.take("model.decode_head.channels", "decoder_embed_dim", _pos_int)
     r.take("model.decode_head.num_classes", "num_classes", _pos_int)
     r.take("model.decode_head.ignore_index", "background", _int)
     r.take("model.decode_head.norm_cfg.eps", "bn_eps", _number)
     r.take("model.decode_head.norm_cfg.momentum", "bn_momentum", _number)
-    if r.has("model.auxiliary_head") and r.leaves.get("model.auxiliary_head") is not None:
-        r.expect("model.auxiliary_head.type", ("FCNHead",))
-        r.take("model.auxiliary_head.loss_weight", "aux_rate", _number)
-    else:
-        r.get("model.auxiliary_head", None)
-        r.put("aux_rate", 0.0, "model.auxiliary_head")
+    _translate_aux(r, source, head, decoder)
     r.expect("model.data_preprocessor.type", ("RGBDDataPreprocessor",))
     r.take("model.data_preprocessor.mean", "norm_mean", _num_list)
     r.take("model.data_preprocessor.std", "norm_std", _num_list)
@@ -801,6 +808,32 @@ def translate(tree, source="config", explicit=(), file_total_iters=None):
                           f"metainfo.classes lists {len(cfg.class_names)} names")
     _finalize_mm(cfg, r, source, max_iters, explicit, file_total_iters)
     return cfg
+
+
+def _translate_aux(r, source, head, decoder):
+    """``model.auxiliary_head`` -> ``aux_rate``: free for LightHamHead, none for MLPDecoder,
+    and for the other heads the engine's fixed FCN head at 0.4 (anything else an error)."""
+    path = "model.auxiliary_head"
+    present = r.has(path) and not (path in r.leaves and r.leaves[path] is None)
+    if not present:
+        r.get(path, None)
+        if decoder in FIXED_AUX_RATE:
+            raise ConfigError(f"{source}: {path}=None is not supported for {head}: the engine "
+                              "always adds the auxiliary FCN head; write "
+                              f"dict(type='FCNHead', loss_weight={FIXED_AUX_RATE[decoder]})")
+        r.put("aux_rate", 0.0, path)
+        return
+    r.expect(f"{path}.type", ("FCNHead",))
+    rate = _number(r.get(f"{path}.loss_weight"), f"{path}.loss_weight")
+    if decoder == "ham":
+        r.put("aux_rate", rate, f"{path}.loss_weight")
+    elif decoder in FIXED_AUX_RATE and rate == FIXED_AUX_RATE[decoder]:
+        r.put("aux_rate", rate, f"{path}.loss_weight")  # the rate the engine uses
+    else:
+        fixed = FIXED_AUX_RATE.get(decoder)
+        raise ConfigError(f"{source}: {path} is not supported for {head} ("
+                          + ("no auxiliary head: set it to None" if fixed is None else
+                             f"the engine's auxiliary FCN head has loss_weight={fixed}") + ")")
 
 
 def _translate_schedule(r, source):
