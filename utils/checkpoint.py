@@ -124,6 +124,19 @@ def backbone_state_dict(obj, source="checkpoint"):
     return out
 
 
+def remap_keys(state_dict, table):
+    """``state_dict`` with each key's leading ``old`` prefix replaced by ``new`` (first
+    matching ``(old, new)`` pair of ``table``); other keys unchanged, order kept."""
+    out = OrderedDict()
+    for key, value in state_dict.items():
+        for old, new in table:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out
+
+
 class LoadReport:
     """What happened when a state dict was loaded into a module."""
 
