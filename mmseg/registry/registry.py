@@ -2,6 +2,8 @@
 import copy
 import inspect
 
+import numpy as np
+
 __all__ = ["Registry", "MODELS", "DATASETS", "TRANSFORMS", "METRICS", "VISUALIZERS", "HOOKS",
            "backbone_name", "decoder_name", "dataset_name"]
 
@@ -68,7 +70,8 @@ class Registry:
         return add
 
     def build(self, cfg, **default_args):
-        """Build ``cfg`` (a dict with ``type``)."""
+        """Build ``cfg`` (a dict with ``type``): the other keys go to the registered object
+        by name; a key it does not take is a :class:`ConfigError` naming it."""
         from utils.errors import ConfigError
         if not isinstance(cfg, dict) or "type" not in cfg:
             raise ConfigError(f"{self.name}: a config dict with a 'type' key is needed, got {cfg!r}")
@@ -80,7 +83,44 @@ class Registry:
                               + ", ".join(sorted(self._module_dict)))
         for key, value in default_args.items():
             args.setdefault(key, value)
-        return obj(**args)
+        check_keys(obj, args, kind)
+        try:
+            return obj(**args)
+        except TypeError as exc:  # a key a nested **kwargs constructor does not take
+            key = _unexpected_keyword(exc)
+            if key is None:
+                raise
+            raise ConfigError(f"{kind}: unknown or unsupported key {key!r}") from None
+
+
+def _accepted(obj):
+    """Keyword names ``obj`` takes, or None when it takes any (``**kwargs``)."""
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    params = inspect.signature(target).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return [name for name, p in params.items()
+            if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_keys(obj, args, owner):
+    """ConfigError naming the first key of ``args`` that ``obj`` does not take."""
+    from utils.errors import ConfigError
+    accepted = _accepted(obj)
+    if accepted is None:
+        return
+    unknown = sorted(k for k in args if k not in accepted)
+    if unknown:
+        raise ConfigError(f"{owner}: unknown or unsupported key {unknown[0]!r} (accepted: "
+                          f"{', '.join(accepted)})")
+
+
+def _unexpected_keyword(exc):
+    text = str(exc)
+    marker = "unexpected keyword argument "
+    if marker not in text:
+        return None
+    return text.split(marker, 1)[1].strip().strip("'\"")
 
 
 MODELS = Registry("model")
@@ -125,100 +165,426 @@ def decoder_name(kind):
     return info["decoder"]
 
 
-def _make_backbone_factory(fixed=None, archs=None):
-    def build(arch=None, drop_path_rate=0.1, sync_bn=False, **unused):
+def _backbone_factory(fixed=None, archs=None):
+    """Factory of one backbone type; ``arch`` only for the types that take it
+    (``DFormer`` / ``DFormerv2``), ``sync_bn`` synchronises its BatchNorm under MPI."""
+    def build_fixed(drop_path_rate=0.1, sync_bn=False):
         from models.encoders import build_backbone
-        name = fixed or archs[str(arch).lower()]
-        return build_backbone(name, drop_path_rate=drop_path_rate, sync_bn=sync_bn)
-    return build
+        return build_backbone(fixed, drop_path_rate=drop_path_rate, sync_bn=sync_bn)
+
+    def build_arch(arch, drop_path_rate=0.1, sync_bn=False):
+        from models.encoders import build_backbone
+        kind = "DFormer" if "DFormer-Tiny" in archs.values() else "DFormerv2"
+        return build_backbone(backbone_name(kind, arch), drop_path_rate=drop_path_rate,
+                              sync_bn=sync_bn)
+    return build_fixed if fixed else build_arch
 
 
-MODELS.register_module("DFormer", module=_make_backbone_factory(archs=_DFORMER_ARCHS),
+MODELS.register_module("DFormer", module=_backbone_factory(archs=_DFORMER_ARCHS),
                        info={"archs": _DFORMER_ARCHS})
-MODELS.register_module("DFormerv2", module=_make_backbone_factory(archs=_DFORMERV2_ARCHS),
+MODELS.register_module("DFormerv2", module=_backbone_factory(archs=_DFORMERV2_ARCHS),
                        info={"archs": _DFORMERV2_ARCHS})
 for _name in ("DFormer-Tiny", "DFormer-Small", "DFormer-Base", "DFormer-Large",
               "DFormerv2_S", "DFormerv2_B", "DFormerv2_L"):
     _aliases = [_name, _name.replace("-", "_")] if "-" in _name else [_name]
-    MODELS.register_module(_aliases, module=_make_backbone_factory(fixed=_name),
+    MODELS.register_module(_aliases, module=_backbone_factory(fixed=_name),
                            info={"backbone": _name})
 
 
-def _head_factory(module_path, class_name):
+# ----------------------------------------------------------------------------- heads
+#
+# Two kinds of decode head. The heads ported from mmseg (FCNHead, PSAHead, CCHead, FPN,
+# FPNHead, PointHead) take mmseg's parameters themselves: the registry hands every key
+# over by name. DFormer's own heads (LightHamHead, MLPDecoder, UPerHead,
+# DepthwiseSeparableASPPHead, NLHead) have the reference's constructors; their factories
+# below take mmseg's names and translate them. Either way a key that cannot be honoured
+# is a ConfigError naming it.
+
+def _class(module_path, class_name):
+    import importlib
+    return getattr(importlib.import_module(module_path), class_name)
+
+
+def _lazy_class(module_path, class_name):
+    """Factory that imports the head class when first built (keeps the registry light)."""
     def build(**kwargs):
-        import importlib
-        cls = getattr(importlib.import_module(module_path), class_name)
-        params = inspect.signature(cls.__init__).parameters
-        accepted = {k: v for k, v in kwargs.items() if k in params}
-        return cls(**accepted)
+        cls = _class(module_path, class_name)
+        check_keys(cls, kwargs, class_name)
+        return cls(**kwargs)
     build.__name__ = class_name
+    build.target = (module_path, class_name)
     return build
 
 
-_HEADS = [
-    # (registered names, internal decoder string, module, class)
-    (["LightHamHead", "HamHead"], "ham", "models.decoders.ham_head", "LightHamHead"),
-    (["MLPDecoder", "SegformerHead"], "MLPDecoder", "models.decoders.mlp_decoder", "MLPDecoder"),
-    (["UPerHead"], "UPernet", "models.decoders.uper_head", "UPerHead"),
-    (["DepthwiseSeparableASPPHead", "DeepLabV3PlusHead"], "deeplabv3+",
-     "models.decoders.deeplabv3plus", "DeepLabV3Plus"),
-    (["NLHead"], "nl", "models.decoders.nl_head", "NLHead"),
-    (["FCNHead"], "fcn", "models.decoders.fcn_head", "FCNHead"),
-    (["PSAHead"], "psa", "models.decoders.psa_head", "PSAHead"),
-    (["CCHead"], "cc", "models.decoders.cc_head", "CCHead"),
-    (["PointHead", "PointRendHead"], "point", "models.decoders.point_head", "PointRendHead"),
-]
-for _names, _decoder, _module, _cls in _HEADS:
-    MODELS.register_module(_names, module=_head_factory(_module, _cls), info={"decoder": _decoder})
-# Parts of the PointRend cascade (mmseg: neck=FPN, decode_head=[FPNHead, PointHead]);
-# the ``point`` decoder holds both, so they have no decoder string of their own.
-MODELS.register_module("FPN", module=_head_factory("models.decoders.point_head", "FPN"),
-                       info={"part_of": "point"})
-MODELS.register_module("FPNHead", module=_head_factory("models.decoders.point_head", "FPNHead"),
-                       info={"part_of": "point"})
-
-
-def _build_segmentor(backbone=None, decode_head=None, auxiliary_head=None, num_classes=None,
-                     pretrained=None, **unused):
-    """``EncoderDecoder`` from an mmseg-style model dict (random weights, no file read)."""
-    from local_configs._base_ import base_config
-    from models.builder import EncoderDecoder
+def _head_norm(norm_cfg, owner):
+    """``norm_cfg`` of a DFormer head -> its ``bn_eps`` / ``bn_momentum`` / ``sync_bn``.
+    These heads always have BatchNorm: ``norm_cfg`` is required."""
+    from models.decoders.decode_head import norm_settings
     from utils.errors import ConfigError
-    if not backbone or not decode_head:
+    norm = norm_settings(norm_cfg, owner)
+    if norm is None:
+        raise ConfigError(f"{owner}: norm_cfg is required (this head always has BatchNorm): "
+                          "give dict(type='SyncBN' or 'BN', eps=..., momentum=...)")
+    return dict(bn_eps=norm["eps"], bn_momentum=norm["momentum"], sync_bn=norm["sync"])
+
+
+def _dformer_head(owner, num_classes, norm_cfg, act_cfg, loss_decode, ignore_index):
+    """Checks shared by DFormer's heads; the constructor keywords for the BN settings.
+    ``loss_decode`` is checked here and applied by the segmentor (the head has no loss)."""
+    from models.decoders.decode_head import _loss_weight, check_act_cfg
+    from utils.errors import ConfigError
+    if check_act_cfg(act_cfg, owner) != "relu":
+        raise ConfigError(f"{owner}: act_cfg must be dict(type='ReLU') (the head's activation)")
+    if ignore_index != 255:
+        raise ConfigError(f"{owner}: ignore_index={ignore_index} is not supported here; the "
+                          "segmentor's loss ignores 255 (set it in the segmentor's decode_head "
+                          "of an EncoderDecoder)")
+    _loss_weight(loss_decode, owner)
+    return _head_norm(norm_cfg, owner)
+
+
+def _need(value, allowed, key, owner):
+    from utils.errors import ConfigError
+    if value not in allowed:
+        raise ConfigError(f"{owner}: {key}={value!r} is not supported (this head: "
+                          + " or ".join(repr(a) for a in allowed) + ")")
+
+
+_DEFAULT_LOSS = dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0)
+_RELU = dict(type="ReLU")
+
+
+def _light_ham_head(in_channels, in_index, num_classes, channels=512, ham_channels=512,
+                    ham_kwargs=None, dropout_ratio=0.1, norm_cfg=None, act_cfg=_RELU,
+                    align_corners=False, input_transform="multiple_select",
+                    loss_decode=_DEFAULT_LOSS, ignore_index=255):
+    """mmseg ``LightHamHead`` (selected maps resized to the first and concatenated)."""
+    owner = "LightHamHead"
+    norm = _dformer_head(owner, num_classes, norm_cfg, act_cfg, loss_decode, ignore_index)
+    _need(input_transform, ("multiple_select",), "input_transform", owner)
+    nmf = dict(ham_kwargs or {})
+    nmf_args = {}
+    for key, ours in (("MD_S", "S"), ("MD_R", "R"), ("train_steps", "train_steps"),
+                      ("eval_steps", "eval_steps")):
+        if key in nmf:
+            nmf_args[ours] = nmf.pop(key)
+    _need(nmf.pop("rand_init", True), (True,), "ham_kwargs.rand_init", owner)
+    nmf.pop("inv_t", None)  # mmseg's NMF2D sets inv_t = 1 whatever is given; so does ours
+    if nmf:
+        _need(sorted(nmf)[0], (), "ham_kwargs key", owner)
+    head = _class("models.decoders.ham_head", "LightHamHead")(
+        list(in_channels), num_classes, channels=channels, in_index=tuple(in_index),
+        ham_channels=ham_channels, dropout_ratio=dropout_ratio, align_corners=align_corners,
+        nmf_kwargs=nmf_args or None, **norm)
+    return head
+
+
+def _nl_head(in_channels, in_index, num_classes, channels=512, reduction=2, use_scale=True,
+             mode="embedded_gaussian", dropout_ratio=0.1, norm_cfg=None, act_cfg=_RELU,
+             align_corners=False, input_transform="resize_concat", loss_decode=_DEFAULT_LOSS,
+             ignore_index=255):
+    """DFormer's non-local head (selected maps resized and concatenated, squeezed, one
+    embedded-Gaussian non-local block, aligned, classified)."""
+    owner = "NLHead"
+    norm = _dformer_head(owner, num_classes, norm_cfg, act_cfg, loss_decode, ignore_index)
+    _need(input_transform, ("resize_concat",), "input_transform", owner)
+    _need(mode, ("embedded_gaussian",), "mode", owner)
+    head = _class("models.decoders.nl_head", "NLHead")(
+        list(in_channels), num_classes, channels=channels, in_index=tuple(in_index),
+        dropout_ratio=dropout_ratio, align_corners=align_corners, reduction=reduction,
+        use_scale=use_scale, **norm)
+    return head
+
+
+def _all_stages(in_index, owner):
+    _need(list(in_index), ([0, 1, 2, 3],), "in_index", owner)
+
+
+def _mlp_decoder(in_channels, num_classes, channels=768, in_index=(0, 1, 2, 3),
+                 dropout_ratio=0.1, norm_cfg=None, act_cfg=_RELU, align_corners=False,
+                 input_transform="multiple_select", loss_decode=_DEFAULT_LOSS, ignore_index=255):
+    """DFormer's MLP decoder (SegFormer-style; ``channels`` is its embedding width)."""
+    owner = "MLPDecoder"
+    norm = _dformer_head(owner, num_classes, norm_cfg, act_cfg, loss_decode, ignore_index)
+    _all_stages(in_index, owner)
+    _need(input_transform, ("multiple_select",), "input_transform", owner)
+    head = _class("models.decoders.mlp_decoder", "MLPDecoder")(
+        list(in_channels), num_classes, dropout_ratio=dropout_ratio, embed_dim=channels,
+        align_corners=align_corners, **norm)
+    return head
+
+
+def _uper_head(in_channels, num_classes, channels=512, pool_scales=(1, 2, 3, 6),
+               in_index=(0, 1, 2, 3), dropout_ratio=0, norm_cfg=None, act_cfg=_RELU,
+               align_corners=False, input_transform="multiple_select",
+               loss_decode=_DEFAULT_LOSS, ignore_index=255):
+    """DFormer's UPerNet head (no dropout before ``conv_seg``, as in the reference)."""
+    owner = "UPerHead"
+    norm = _dformer_head(owner, num_classes, norm_cfg, act_cfg, loss_decode, ignore_index)
+    _all_stages(in_index, owner)
+    _need(input_transform, ("multiple_select",), "input_transform", owner)
+    _need(dropout_ratio, (0, -1), "dropout_ratio", owner)
+    head = _class("models.decoders.uper_head", "UPerHead")(
+        list(in_channels), num_classes, channels=channels, pool_scales=tuple(pool_scales),
+        align_corners=align_corners, **norm)
+    return head
+
+
+def _aspp_head(in_channels, num_classes, in_index=(0, 1, 2, 3), dilations=(1, 12, 24, 36),
+               channels=256, c1_in_channels=None, c1_channels=48, dropout_ratio=0.1,
+               norm_cfg=None, act_cfg=_RELU, align_corners=True,
+               input_transform="multiple_select", loss_decode=_DEFAULT_LOSS, ignore_index=255):
+    """DFormer's DeepLabV3+ head (not mmseg's depthwise-separable one, whose name it is
+    registered under): widths, rates, dropout and resizing are fixed (256-channel ASPP
+    with rates 12/24/36, 48-channel low-level branch on the first map, Dropout 0.1,
+    align_corners=True); those values only."""
+    owner = "DepthwiseSeparableASPPHead"
+    norm = _dformer_head(owner, num_classes, norm_cfg, act_cfg, loss_decode, ignore_index)
+    _all_stages(in_index, owner)
+    _need(input_transform, ("multiple_select",), "input_transform", owner)
+    _need(tuple(dilations), ((1, 12, 24, 36),), "dilations", owner)
+    _need(channels, (256,), "channels", owner)
+    _need(c1_in_channels, (None, list(in_channels)[0]), "c1_in_channels", owner)
+    _need(c1_channels, (48,), "c1_channels", owner)
+    _need(dropout_ratio, (0.1,), "dropout_ratio", owner)
+    _need(align_corners, (True,), "align_corners", owner)
+    head = _class("models.decoders.deeplabv3plus", "DeepLabV3Plus")(
+        list(in_channels), num_classes, **norm)
+    return head
+
+
+_HEADS = [
+    # (registered names, internal decoder string, factory)
+    (["LightHamHead"], "ham", _light_ham_head),
+    (["MLPDecoder"], "MLPDecoder", _mlp_decoder),
+    (["UPerHead"], "UPernet", _uper_head),
+    (["DepthwiseSeparableASPPHead"], "deeplabv3+", _aspp_head),
+    (["NLHead"], "nl", _nl_head),
+    (["FCNHead"], "fcn", _lazy_class("models.decoders.fcn_head", "FCNHead")),
+    (["PSAHead"], "psa", _lazy_class("models.decoders.psa_head", "PSAHead")),
+    (["CCHead"], "cc", _lazy_class("models.decoders.cc_head", "CCHead")),
+    (["PointHead"], "point", _lazy_class("models.decoders.point_head", "PointHead")),
+]
+for _names, _decoder, _factory in _HEADS:
+    MODELS.register_module(_names, module=_factory, info={"decoder": _decoder})
+# Parts of the PointRend cascade (mmseg: neck=FPN, decode_head=[FPNHead, PointHead]).
+MODELS.register_module("FPN", module=_lazy_class("models.decoders.point_head", "FPN"),
+                       info={"part_of": "point"})
+MODELS.register_module("FPNHead", module=_lazy_class("models.decoders.point_head", "FPNHead"),
+                       info={"part_of": "point"})
+
+
+# ----------------------------------------------------------------------------- segmentors
+
+# Inputs each decoder reads in the engine (models.decoders): the defaults of
+# ``in_channels`` / ``in_index`` / ``input_transform`` when a head dict leaves them out.
+_LAYOUTS = {
+    "ham": lambda c: dict(in_channels=c[1:], in_index=[1, 2, 3]),
+    "nl": lambda c: dict(in_channels=c[1:], in_index=[1, 2, 3]),
+    "MLPDecoder": lambda c: dict(in_channels=c),
+    "UPernet": lambda c: dict(in_channels=c),
+    "deeplabv3+": lambda c: dict(in_channels=c),
+    "psa": lambda c: dict(in_channels=c[1:], in_index=[1, 2, 3], input_transform="resize_concat"),
+    "cc": lambda c: dict(in_channels=c[1:], in_index=[1, 2, 3], input_transform="resize_concat"),
+    "fcn": lambda c: dict(in_channels=c[-1], in_index=3),
+    "aux": lambda c: dict(in_channels=c[2], in_index=2),
+}
+
+
+def _with_layout(head, layout, stages):
+    out = dict(_LAYOUTS[layout](list(stages)))
+    out.update(head)
+    return out
+
+
+def _need_none(value, key, hint=""):
+    from utils.errors import ConfigError
+    if value not in (None, {}, dict()):
+        raise ConfigError(f"EncoderDecoder: {key}={value!r} is not supported{hint}")
+
+
+class _PixelLoss:
+    """mmseg's ``CrossEntropyLoss`` (softmax): the sum over labelled pixels divided by
+    all pixels (``avg_non_ignore=False``), times ``loss_weight``. The segmentor sets
+    ``ignore_index`` (its decode head's)."""
+
+    def __init__(self, loss_weight=1.0, ignore_index=255):
+        self.loss_weight = float(loss_weight)
+        self.ignore_index = ignore_index
+
+    def __call__(self, logits, label):
+        from models.losses.cross_entropy import cross_entropy
+        total = cross_entropy(logits, label, self.ignore_index, "sum")
+        return total * (self.loss_weight / float(np.prod(label.shape)))
+
+
+def _segmentor_class():
+    from models.builder import EncoderDecoder
+
+    class MMSegEncoderDecoder(EncoderDecoder):
+        """The engine's segmentor with mmseg's losses: each head's ``loss_decode``
+        (``decode_loss`` / ``aux_loss``) instead of the reference's one criterion."""
+
+        def execute(self, rgb, depth, label=None):
+            if label is None or depth is None:
+                return super().execute(rgb, depth, label)
+            out, aux = self.encode_decode(rgb, depth)
+            loss = self.decode_loss(out, label)
+            extra_loss = getattr(self.decode_head, "extra_loss", None)
+            if extra_loss is not None:  # PointRend's point loss
+                loss = loss + extra_loss(label)
+            if aux is not None:
+                loss = loss + self.aux_loss(aux, label)
+            return loss
+    return MMSegEncoderDecoder
+
+
+def _loss_of(head):
+    loss = MODELS.build(head.get("loss_decode", dict(type="CrossEntropyLoss")))
+    loss.ignore_index = head.get("ignore_index", 255)
+    return loss
+
+
+def _build_segmentor(backbone, decode_head, auxiliary_head=None, neck=None, num_stages=None,
+                     data_preprocessor=None, train_cfg=None, test_cfg=None, pretrained=None,
+                     init_cfg=None):
+    """``EncoderDecoder`` / ``CascadeEncoderDecoder`` (PointRend) from an mmseg model dict.
+
+    The backbone, heads, neck and data pre-processor are built from their dicts through
+    this registry (every key honoured or an error); heads that leave ``in_channels`` /
+    ``in_index`` out read the stages the engine uses for them. ``pretrained`` loads the
+    ImageNet backbone file. Random weights otherwise (no checkpoint is read).
+    """
+    from local_configs._base_ import base_config
+    from utils.errors import ConfigError
+    if not isinstance(backbone, dict) or not decode_head:
         raise ConfigError("EncoderDecoder needs 'backbone' and 'decode_head' dicts")
-    heads = decode_head if isinstance(decode_head, (list, tuple)) else [decode_head]
+    _need_none(init_cfg, "init_cfg", " (use pretrained=<backbone file>)")
+    heads = list(decode_head) if isinstance(decode_head, (list, tuple)) else [decode_head]
+    cascade = len(heads) > 1 or neck is not None
+    if cascade and (len(heads) != 2 or heads[-1].get("type") != "PointHead" or neck is None):
+        raise ConfigError("CascadeEncoderDecoder: only PointRend is supported: neck=FPN, "
+                          "decode_head=[FPNHead, PointHead]")
+    if num_stages not in (None, len(heads)):
+        raise ConfigError(f"CascadeEncoderDecoder: num_stages={num_stages} but decode_head "
+                          f"has {len(heads)} heads")
     cfg = base_config()
+    backbone_module = MODELS.build(backbone)
     cfg.backbone = backbone_name(backbone["type"], backbone.get("arch"))
     cfg.drop_path_rate = backbone.get("drop_path_rate", 0.1)
-    cfg.decoder = decoder_name(heads[-1]["type"])
-    cfg.num_classes = int(num_classes or heads[-1].get("num_classes", 0))
-    if cfg.num_classes <= 0:
-        raise ConfigError("EncoderDecoder: decode_head.num_classes is required")
-    cfg.decoder_embed_dim = int(heads[0].get("channels", 512))
-    aux = auxiliary_head[0] if isinstance(auxiliary_head, (list, tuple)) else auxiliary_head
-    if aux and cfg.decoder == "ham":
-        cfg.aux_rate = float(aux.get("loss_decode", {}).get("loss_weight", 0.4))
-    cfg.pretrained_model = None
-    model = EncoderDecoder(cfg, load_pretrained=False, sync_bn=False)
+    cfg.decoder = "point" if cascade else decoder_name(heads[0]["type"])
+    cfg.num_classes = heads[-1].get("num_classes")
+    if not isinstance(cfg.num_classes, int) or cfg.num_classes < 1:
+        raise ConfigError("EncoderDecoder: decode_head.num_classes (an int >= 1) is required")
+    cfg.background = heads[-1].get("ignore_index", 255)
+    if data_preprocessor is not None:
+        MODELS.build(data_preprocessor).apply_to(cfg)
+    if not cascade:  # (PointRend's train_cfg / test_cfg go to its head)
+        _need_none(train_cfg, "train_cfg")
+        mode = dict(test_cfg or {}).pop("mode", "whole")
+        rest = {k: v for k, v in dict(test_cfg or {}).items() if k != "mode"}
+        if mode != "whole" or rest:
+            raise ConfigError(f"EncoderDecoder: test_cfg={test_cfg!r} is not supported: the model "
+                              "runs whole images (sliding windows: inference_model(..., "
+                              "sliding=True) with the config's eval_crop_size)")
+    cfg.pretrained_model = pretrained
+    model = _segmentor_class()(cfg, load_pretrained=False, sync_bn=False)
+    model.backbone = backbone_module
+    stages = list(backbone_module.out_channels)
+    if cascade:
+        point_rend = _class("models.decoders.point_head", "PointRendHead")
+        fpn = MODELS.build(dict({"in_channels": stages}, **neck))
+        model.decode_head = point_rend(fpn, MODELS.build(heads[0]), MODELS.build(heads[1]),
+                                       train_cfg=train_cfg, test_cfg=test_cfg)
+    else:
+        model.decode_head = MODELS.build(_with_layout(heads[0], cfg.decoder, stages))
+    model.decode_loss = _loss_of(heads[0])
+    aux = auxiliary_head
+    if isinstance(aux, (list, tuple)):
+        if len(aux) > 1:
+            raise ConfigError("EncoderDecoder: one auxiliary_head at most is supported")
+        aux = aux[0] if aux else None
+    model.aux_head = MODELS.build(_with_layout(aux, "aux", stages)) if aux else None
+    model.aux_loss = _loss_of(aux) if aux else None
+    cfg.aux_rate = model.aux_rate = model.aux_loss.loss_weight if aux else 0.0
+    model.init_weights(pretrained)
     model.cfg = cfg
     return model
 
 
-MODELS.register_module(["EncoderDecoder", "CascadeEncoderDecoder", "DFormerSegmentor"],
-                       module=_build_segmentor, info={"segmentor": True})
+MODELS.register_module(["EncoderDecoder", "CascadeEncoderDecoder"], module=_build_segmentor,
+                       info={"segmentor": True})
 
 
-def _data_preprocessor(**kwargs):
-    """Settings holder: this project's preprocessing is ``utils.api.preprocess``."""
-    return dict(kwargs)
+# ----------------------------------------------------------------------------- data, loss
+
+class RGBDDataPreprocessor:
+    """mmseg's ``SegDataPreProcessor`` settings, checked against this project's data path.
+
+    ``mean`` / ``std`` (0..255 scale, as mmseg) and ``bgr_to_rgb`` become the config's
+    ``norm_mean`` / ``norm_std`` (0..1 scale) and ``color_order``; the padding values
+    must be the data path's (0 for images, 255 for labels); batch padding (``size``,
+    ``size_divisor``, ``test_cfg``) and batch augments are not supported (the data path
+    crops to a fixed size). ``pad_sunrgbd`` is this project's SUN RGB-D evaluation padding.
+    Calling it preprocesses one RGB-D pair exactly as evaluation does.
+    """
+
+    def __init__(self, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
+                 bgr_to_rgb=False, rgb_to_bgr=False, pad_val=0, seg_pad_val=255, size=None,
+                 size_divisor=None, test_cfg=None, batch_augments=None, pad_sunrgbd=False):
+        from utils.errors import ConfigError
+        owner = "SegDataPreProcessor"
+        if rgb_to_bgr:
+            raise ConfigError(f"{owner}: rgb_to_bgr=True is not supported (images are read as "
+                              "BGR; bgr_to_rgb=True feeds RGB)")
+        for key, value, allowed in (("pad_val", pad_val, 0), ("seg_pad_val", seg_pad_val, 255)):
+            if value != allowed:
+                raise ConfigError(f"{owner}: {key}={value} is not supported (the data path pads "
+                                  f"with {allowed})")
+        for key, value in (("size", size), ("size_divisor", size_divisor), ("test_cfg", test_cfg),
+                           ("batch_augments", batch_augments)):
+            if value is not None:
+                raise ConfigError(f"{owner}: {key}={value!r} is not supported (crops have the "
+                                  "config's fixed size; no batch padding); remove it")
+        for key, value in (("mean", mean), ("std", std)):
+            if len(value) != 3:
+                raise ConfigError(f"{owner}: {key} needs 3 values (got {value!r})")
+        self.norm_mean = [float(v) / 255.0 for v in mean]
+        self.norm_std = [float(v) / 255.0 for v in std]
+        self.color_order = "RGB" if bgr_to_rgb else "BGR"
+        self.pad_sunrgbd = bool(pad_sunrgbd)
+
+    def apply_to(self, cfg):
+        """Write the settings into an internal config."""
+        cfg.norm_mean, cfg.norm_std = list(self.norm_mean), list(self.norm_std)
+        cfg.color_order = self.color_order
+        cfg.pad_SUNRGBD = self.pad_sunrgbd
+        return cfg
+
+    def __call__(self, rgb_bgr, depth):
+        """Network inputs (1, 3, H, W) for an 8-bit BGR image and depth map."""
+        from easydict import EasyDict
+        from utils.api import preprocess
+        return preprocess(rgb_bgr, depth, self.apply_to(EasyDict(background=255)))
 
 
-MODELS.register_module(["SegDataPreProcessor", "RGBDDataPreProcessor"], module=_data_preprocessor)
+MODELS.register_module(["SegDataPreProcessor", "RGBDDataPreprocessor", "RGBDDataPreProcessor"],
+                       module=RGBDDataPreprocessor)
 
 
-def _cross_entropy(ignore_index=255, loss_weight=1.0, **unused):
-    from models.losses import CrossEntropyLoss
-    return CrossEntropyLoss(ignore_index=ignore_index)
+def _cross_entropy(use_sigmoid=False, use_mask=False, reduction="mean", class_weight=None,
+                   loss_weight=1.0, loss_name="loss_ce", avg_non_ignore=False):
+    """mmseg's ``CrossEntropyLoss`` as far as this project has it (see :class:`_PixelLoss`)."""
+    from utils.errors import ConfigError
+    for key, value, allowed in (("use_sigmoid", use_sigmoid, False), ("use_mask", use_mask, False),
+                                ("class_weight", class_weight, None),
+                                ("reduction", reduction, "mean"),
+                                ("avg_non_ignore", avg_non_ignore, False),
+                                ("loss_name", loss_name, "loss_ce")):
+        if value != allowed:
+            raise ConfigError(f"CrossEntropyLoss: {key}={value!r} is not supported (only "
+                              f"{allowed!r})")
+    return _PixelLoss(loss_weight)
 
 
 MODELS.register_module("CrossEntropyLoss", module=_cross_entropy)
@@ -243,7 +609,7 @@ def dataset_name(kind):
 
 
 def _dataset_factory(name):
-    def build(split="val", data_root=None, cfg_options=None, **unused):
+    def build(split="val", data_root=None, cfg_options=None):
         """The project's RGBXDataset of ``split`` for the dataset's default config."""
         import importlib
         from utils.dataloader import RGBXDataset
@@ -269,27 +635,37 @@ for _names, _dataset in _DATASETS:
 
 # ----------------------------------------------------------------------------- others
 
-def _iou_metric(iou_metrics=("mIoU",), num_classes=None, ignore_index=255, **unused):
+def _iou_metric(num_classes, iou_metrics=("mIoU",), ignore_index=255):
+    """The evaluator's confusion matrix. It reports mIoU, mAcc, mF1 and pixel accuracy
+    together, so ``iou_metrics`` must be ``['mIoU']`` (as in the config translation)."""
+    from utils.errors import ConfigError
     from utils.metrics import ConfusionMatrix
-    if num_classes is None:
-        from utils.errors import ConfigError
-        raise ConfigError("IoUMetric needs num_classes here")
+    if list(iou_metrics) != ["mIoU"]:
+        raise ConfigError(f"IoUMetric: iou_metrics={list(iou_metrics)!r} is not supported (the "
+                          "evaluator reports mIoU, mAcc, mF1 and pixel accuracy together: use "
+                          "['mIoU'])")
     return ConfusionMatrix(num_classes, ignore_index=ignore_index)
 
 
 METRICS.register_module("IoUMetric", module=_iou_metric)
 
 
-def _visualizer(**kwargs):
-    from mmseg.visualization import SegLocalVisualizer
-    return SegLocalVisualizer(**kwargs)
+VISUALIZERS.register_module("SegLocalVisualizer",
+                             module=_lazy_class("mmseg.visualization", "SegLocalVisualizer"))
 
 
-VISUALIZERS.register_module("SegLocalVisualizer", module=_visualizer)
+def _fixed_pipeline(name):
+    def build(**kwargs):
+        from utils.errors import ConfigError
+        raise ConfigError(f"transform {name!r} cannot be built: the data pipeline is fixed "
+                          "(utils.dataloader.transforms, the reference's); its settings are "
+                          "config keys (crop size, scales: configs/README.md)")
+    build.__name__ = name
+    return build
 
-# Pipeline steps of mmseg configs; the project runs its own fixed evaluation/training
-# transforms (utils.dataloader.transforms), so these names only record the settings.
+
+# Pipeline steps of mmseg configs, known so that using one is a clear error.
 for _name in ("LoadImageFromFile", "LoadDepthFromFile", "LoadAnnotations", "RandomResize",
               "RandomCrop", "RandomFlip", "PhotoMetricDistortion", "Resize", "PackSegInputs",
               "LoadRGBDFromFile", "PackRGBDSegInputs"):
-    TRANSFORMS.register_module(_name, module=(lambda n: (lambda **kw: dict(type=n, **kw)))(_name))
+    TRANSFORMS.register_module(_name, module=_fixed_pipeline(_name))
