@@ -23,7 +23,9 @@ def test_pixel_data_and_seg_data_sample():
     assert sample.metainfo == {"img_path": "a.png", "ori_shape": (3, 4)}
     assert "pred_sem_seg" in sample and "gt_sem_seg" not in sample
     assert sample.keys() == ["pred_sem_seg", "seg_logits"]
-    assert sample.cpu().numpy() is sample
+    assert sample.cpu().numpy() is sample and sample.to("cpu") is sample
+    with pytest.raises(ValueError, match="cuda"):
+        sample.to("cuda")
     with pytest.raises(TypeError):
         sample.pred_sem_seg = np.zeros((3, 4))
     with pytest.raises(ValueError):

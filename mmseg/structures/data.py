@@ -104,7 +104,11 @@ class BaseDataElement:
     def cpu(self):
         return self
 
-    def to(self, *args, **kwargs):
+    def to(self, device="cpu"):
+        """``to('cpu')`` is the element itself; the arrays are numpy, there is no other device."""
+        if str(device) != "cpu":
+            raise ValueError(f"{type(self).__name__}.to({device!r}): the fields are numpy arrays "
+                             "(CPU); only 'cpu' is possible")
         return self
 
     def clone(self):
