@@ -168,6 +168,19 @@ def test_every_head_factory_rejects_an_unknown_key(kind):
         MODELS.build(dict(type=kind, bogus_key=1, **HEADS[kind]))
 
 
+def test_backbone_keys_change_the_built_backbone():
+    from models.layers import BatchNorm2d, DropPath
+    max_drop = lambda m: max(d.p for d in m.modules() if isinstance(d, DropPath))  # noqa: E731
+    syncs = lambda m: {b.sync for b in m.modules() if isinstance(b, BatchNorm2d)}  # noqa: E731
+    tiny = MODELS.build(dict(type="DFormer", arch="tiny"))
+    assert list(MODELS.build(dict(type="DFormer", arch="small")).out_channels) != \
+        list(tiny.out_channels)
+    assert max_drop(tiny) == pytest.approx(0.1)
+    assert max_drop(MODELS.build(dict(type="DFormer-Tiny", drop_path_rate=0.3))) == pytest.approx(0.3)
+    assert syncs(tiny) == {False}
+    assert syncs(MODELS.build(dict(type="DFormerv2_S", sync_bn=True))) == {True}
+
+
 def test_every_registered_name_rejects_an_unknown_key():
     """All registries: a key no factory takes is a ConfigError naming it (the segmentors,
     datasets and pipeline steps are refused before anything is built)."""
@@ -298,6 +311,9 @@ def test_segmentor_builds_what_its_dict_says():
         with pytest.raises(ConfigError, match=key):
             MODELS.build(dict(type="EncoderDecoder", backbone=dict(type="DFormer-Tiny"),
                               decode_head=head, **{key: value}))
+    with pytest.raises(FileNotFoundError, match="no_such_backbone.pth"):  # pretrained is read
+        MODELS.build(dict(type="EncoderDecoder", backbone=dict(type="DFormer-Tiny"),
+                          decode_head=head, pretrained="no_such_backbone.pth"))
     for where in ("backbone", "decode_head"):
         cfg = dict(type="EncoderDecoder", backbone=dict(type="DFormer-Tiny"), decode_head=head)
         cfg[where] = dict(cfg[where], bogus_key=1)

@@ -213,6 +213,11 @@ def check_inferencer(ctx):
     assert isinstance(sample, SegDataSample)
     assert os.listdir(os.path.join(arrays_dir, "vis")) == ["00000000_vis.jpg"]
     assert not os.path.exists(os.path.join(arrays_dir, "pred")), "return_datasamples wrote class maps"
+    try:
+        MMSegInferencer(ctx.model, weights="other.pth")
+        raise AssertionError("weights for an already built model were accepted")
+    except ConfigError as exc:
+        assert "weights" in str(exc), str(exc)
     for typo in ({"return_datasample": True}, {"opactiy": 0.5}):
         try:
             inferencer(tuple(ctx.pairs[0]), **typo)

@@ -53,6 +53,12 @@ class MMSegInferencer:
             model = init_model(model, weights, device=device, cfg_options=cfg_options)
         elif getattr(model, "cfg", None) is None:
             raise InputError("MMSegInferencer needs a config name/path or a model from init_model")
+        else:
+            given = [k for k, v in (("weights", weights), ("device", device),
+                                    ("cfg_options", cfg_options)) if v is not None]
+            if given:
+                raise ConfigError(f"MMSegInferencer: {given[0]} applies to a config, not to an "
+                                  "already built model (pass it to init_model instead)")
         self.model = model
         self.cfg = model.cfg
         from mmseg.utils import dataset_meta
