@@ -166,6 +166,10 @@ def test_every_head_factory_rejects_an_unknown_key(kind):
     from utils.errors import ConfigError
     with pytest.raises(ConfigError, match="bogus_key"):
         MODELS.build(dict(type=kind, bogus_key=1, **HEADS[kind]))
+    args = dict(HEADS[kind])
+    del args["in_channels"]
+    with pytest.raises(ConfigError, match="required key 'in_channels' is missing"):
+        MODELS.build(dict(type=kind, **args))
 
 
 def test_backbone_keys_change_the_built_backbone():

@@ -86,11 +86,11 @@ class Registry:
         check_keys(obj, args, kind)
         try:
             return obj(**args)
-        except TypeError as exc:  # a key a nested **kwargs constructor does not take
-            key = _unexpected_keyword(exc)
-            if key is None:
+        except TypeError as exc:  # a key a nested **kwargs constructor misses or does not take
+            problem = _keyword_problem(exc)
+            if problem is None:
                 raise
-            raise ConfigError(f"{kind}: unknown or unsupported key {key!r}") from None
+            raise ConfigError(f"{kind}: {problem}") from None
 
 
 def _accepted(obj):
@@ -113,14 +113,24 @@ def check_keys(obj, args, owner):
     if unknown:
         raise ConfigError(f"{owner}: unknown or unsupported key {unknown[0]!r} (accepted: "
                           f"{', '.join(accepted)})")
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    for name, p in inspect.signature(target).parameters.items():
+        if name != "self" and p.default is p.empty and name not in args and \
+                p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            raise ConfigError(f"{owner}: required key {name!r} is missing")
 
 
-def _unexpected_keyword(exc):
+def _keyword_problem(exc):
+    """'unknown or unsupported key 'k'' / 'required key 'k' is missing' of a call's TypeError."""
+    import re
     text = str(exc)
-    marker = "unexpected keyword argument "
-    if marker not in text:
-        return None
-    return text.split(marker, 1)[1].strip().strip("'\"")
+    found = re.search(r"unexpected keyword argument '(\w+)'", text)
+    if found:
+        return f"unknown or unsupported key {found.group(1)!r}"
+    found = re.search(r"missing \d+ required (?:positional|keyword-only) arguments?: '(\w+)'", text)
+    if found:
+        return f"required key {found.group(1)!r} is missing"
+    return None
 
 
 MODELS = Registry("model")
