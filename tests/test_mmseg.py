@@ -85,6 +85,7 @@ OTHERS = [
     (MODELS, "DFormer-Tiny", dict(drop_path_rate=0.0)),
     (MODELS, "DFormerv2", dict(arch="s")),
     (MODELS, "SegDataPreProcessor", dict()),
+    (MODELS, "RGBDDataPreprocessor", dict(pad_sunrgbd=True)),
     (MODELS, "CrossEntropyLoss", dict(loss_weight=2.0)),
     (METRICS, "IoUMetric", dict(num_classes=3)),
     (VISUALIZERS, "SegLocalVisualizer", dict(alpha=0.5)),
@@ -244,6 +245,8 @@ def test_data_preprocessor_is_the_data_path():
     assert not np.allclose(flipped, MODELS.build(dict(type="SegDataPreProcessor"))(bgr, depth)[0])
     other_mean = MODELS.build(dict(type="SegDataPreProcessor", mean=[0, 0, 0]))(bgr, depth)[0]
     assert np.allclose(other_mean[0, 0], bgr[:, :, 0] / 255.0 / 0.229, atol=1e-5)
+    ours = MODELS.build(dict(type="RGBDDataPreprocessor", bgr_to_rgb=True))  # configs/: 0..1 scale
+    assert np.allclose(ours(bgr, depth)[0], flipped, atol=1e-6)
     for key, value in (("pad_val", 1), ("seg_pad_val", 0), ("size", (64, 64)),
                        ("size_divisor", 32), ("rgb_to_bgr", True), ("test_cfg", dict(size_divisor=32))):
         with pytest.raises(ConfigError, match=key):
@@ -291,7 +294,7 @@ def test_segmentor_builds_what_its_dict_says():
     assert tuple(model.decode_head.conv_seg.weight.shape) == (5, 32, 1, 1)
     assert tuple(model.aux_head.conv_seg.weight.shape) == (5, 16, 1, 1)
     assert model.aux_head.in_index == 2 and model.aux_rate == 0.25
-    assert model.cfg.color_order == "RGB"
+    assert model.cfg.color_order == "RGB" and model.cfg.pad_SUNRGBD is False
     # the loss is decode (x2) + aux (x0.25), each over all pixels
     model.train()
     rgb, depth = jt.randn(1, 3, 32, 32), jt.randn(1, 3, 32, 32)
@@ -308,6 +311,15 @@ def test_segmentor_builds_what_its_dict_says():
         decode_head=dict(type="LightHamHead", num_classes=4, channels=24, ham_channels=32,
                          norm_cfg=BN)))
     assert without_aux.aux_head is None and without_aux.aux_rate == 0.0
+    configs_style = MODELS.build(dict(
+        type="EncoderDecoder", backbone=dict(type="DFormer-Tiny"),
+        data_preprocessor=dict(type="RGBDDataPreprocessor", pad_sunrgbd=True),
+        decode_head=dict(type="LightHamHead", num_classes=4, channels=8, ham_channels=8,
+                         norm_cfg=BN),
+        test_cfg=dict(crop_size=(96, 128), stride_rate=0.5)))
+    assert configs_style.cfg.pad_SUNRGBD is True and configs_style.cfg.color_order == "BGR"
+    assert configs_style.cfg.eval_crop_size == [96, 128]
+    assert configs_style.cfg.eval_stride_rate == 0.5
     assert tuple(without_aux.decode_head.conv_seg.weight.shape) == (4, 24, 1, 1)
     head = dict(type="LightHamHead", num_classes=4, norm_cfg=BN)
     for key, value in (("test_cfg", dict(mode="slide", crop_size=(8, 8), stride=(4, 4))),

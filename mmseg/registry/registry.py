@@ -455,6 +455,22 @@ def _loss_of(head):
     return loss
 
 
+def _sliding_window(test_cfg, cfg):
+    """``test_cfg``: ``mode='whole'`` (the default pass) and this project's sliding-window
+    settings ``crop_size`` / ``stride_rate`` (used with ``sliding=True``, configs/ files)."""
+    from utils.errors import ConfigError
+    mode = test_cfg.pop("mode", "whole")
+    if "crop_size" in test_cfg:
+        cfg.eval_crop_size = [int(v) for v in test_cfg.pop("crop_size")]
+    if "stride_rate" in test_cfg:
+        cfg.eval_stride_rate = float(test_cfg.pop("stride_rate"))
+    if mode != "whole" or test_cfg:
+        what = f"mode={mode!r}" if mode != "whole" else f"key {sorted(test_cfg)[0]!r}"
+        raise ConfigError(f"EncoderDecoder: test_cfg {what} is not supported: whole images, and "
+                          "sliding windows with inference_model(..., sliding=True) over "
+                          "test_cfg crop_size / stride_rate")
+
+
 def _build_segmentor(backbone, decode_head, auxiliary_head=None, neck=None, num_stages=None,
                      data_preprocessor=None, train_cfg=None, test_cfg=None, pretrained=None,
                      init_cfg=None):
@@ -491,12 +507,7 @@ def _build_segmentor(backbone, decode_head, auxiliary_head=None, neck=None, num_
         MODELS.build(data_preprocessor).apply_to(cfg)
     if not cascade:  # (PointRend's train_cfg / test_cfg go to its head)
         _need_none(train_cfg, "train_cfg")
-        mode = dict(test_cfg or {}).pop("mode", "whole")
-        rest = {k: v for k, v in dict(test_cfg or {}).items() if k != "mode"}
-        if mode != "whole" or rest:
-            raise ConfigError(f"EncoderDecoder: test_cfg={test_cfg!r} is not supported: the model "
-                              "runs whole images (sliding windows: inference_model(..., "
-                              "sliding=True) with the config's eval_crop_size)")
+        _sliding_window(dict(test_cfg or {}), cfg)
     cfg.pretrained_model = pretrained
     model = _segmentor_class()(cfg, load_pretrained=False, sync_bn=False)
     model.backbone = backbone_module
@@ -528,22 +539,23 @@ MODELS.register_module(["EncoderDecoder", "CascadeEncoderDecoder"], module=_buil
 
 # ----------------------------------------------------------------------------- data, loss
 
-class RGBDDataPreprocessor:
+class SegDataPreProcessor:
     """mmseg's ``SegDataPreProcessor`` settings, checked against this project's data path.
 
     ``mean`` / ``std`` (0..255 scale, as mmseg) and ``bgr_to_rgb`` become the config's
     ``norm_mean`` / ``norm_std`` (0..1 scale) and ``color_order``; the padding values
     must be the data path's (0 for images, 255 for labels); batch padding (``size``,
     ``size_divisor``, ``test_cfg``) and batch augments are not supported (the data path
-    crops to a fixed size). ``pad_sunrgbd`` is this project's SUN RGB-D evaluation padding.
-    Calling it preprocesses one RGB-D pair exactly as evaluation does.
+    crops to a fixed size). Calling it preprocesses one RGB-D pair exactly as evaluation.
     """
+
+    scale = 255.0  # of mean / std
 
     def __init__(self, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
                  bgr_to_rgb=False, rgb_to_bgr=False, pad_val=0, seg_pad_val=255, size=None,
-                 size_divisor=None, test_cfg=None, batch_augments=None, pad_sunrgbd=False):
+                 size_divisor=None, test_cfg=None, batch_augments=None):
         from utils.errors import ConfigError
-        owner = "SegDataPreProcessor"
+        owner = type(self).__name__
         if rgb_to_bgr:
             raise ConfigError(f"{owner}: rgb_to_bgr=True is not supported (images are read as "
                               "BGR; bgr_to_rgb=True feeds RGB)")
@@ -559,10 +571,10 @@ class RGBDDataPreprocessor:
         for key, value in (("mean", mean), ("std", std)):
             if len(value) != 3:
                 raise ConfigError(f"{owner}: {key} needs 3 values (got {value!r})")
-        self.norm_mean = [float(v) / 255.0 for v in mean]
-        self.norm_std = [float(v) / 255.0 for v in std]
+        self.norm_mean = [float(v) / self.scale for v in mean]
+        self.norm_std = [float(v) / self.scale for v in std]
         self.color_order = "RGB" if bgr_to_rgb else "BGR"
-        self.pad_sunrgbd = bool(pad_sunrgbd)
+        self.pad_sunrgbd = False
 
     def apply_to(self, cfg):
         """Write the settings into an internal config."""
@@ -578,8 +590,21 @@ class RGBDDataPreprocessor:
         return preprocess(rgb_bgr, depth, self.apply_to(EasyDict(background=255)))
 
 
-MODELS.register_module(["SegDataPreProcessor", "RGBDDataPreprocessor", "RGBDDataPreProcessor"],
-                       module=RGBDDataPreprocessor)
+class RGBDDataPreprocessor(SegDataPreProcessor):
+    """The pre-processor of this project's ``configs/`` files: ``mean`` / ``std`` on the
+    0..1 scale (as ``configs/_base_/models/dformer.py`` writes them), and ``pad_sunrgbd``
+    (evaluate SUN RGB-D padded to 531x730)."""
+
+    scale = 1.0
+
+    def __init__(self, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), bgr_to_rgb=False,
+                 pad_sunrgbd=False):
+        super().__init__(mean=mean, std=std, bgr_to_rgb=bgr_to_rgb)
+        self.pad_sunrgbd = bool(pad_sunrgbd)
+
+
+MODELS.register_module("SegDataPreProcessor", module=SegDataPreProcessor)
+MODELS.register_module("RGBDDataPreprocessor", module=RGBDDataPreprocessor)
 
 
 def _cross_entropy(use_sigmoid=False, use_mask=False, reduction="mean", class_weight=None,
