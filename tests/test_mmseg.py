@@ -115,6 +115,7 @@ def _probe_head(kind):
     common = [("norm_cfg", dict(BN, eps=1e-5), eps, 1e-5),
               ("norm_cfg", dict(BN, momentum=0.3), momentum, 0.3),
               ("norm_cfg", dict(BN, type="SyncBN"), sync, True),
+              ("ignore_index", 0, lambda h: h.ignore_index, 0),
               ("num_classes", 5, lambda h: seg_in(h)[0], 5)]
     table = {
         "LightHamHead": [("channels", 24, seg_in, (3, 24, 1, 1)),
@@ -147,7 +148,7 @@ def _probe_head(kind):
         "FPNHead": [("channels", 4, seg_in, (3, 4, 1, 1))],
         "PointHead": [("num_fcs", 2, lambda h: len(h.fcs), 2)],
     }
-    norms = common if kind not in ("FPN", "PointHead", "FPNHead") else common[-1:]
+    norms = common if kind not in ("FPN", "PointHead", "FPNHead") else common[-2:]
     return table[kind] + (norms if kind != "FPN" else [])
 
 
@@ -311,6 +312,12 @@ def test_segmentor_builds_what_its_dict_says():
         decode_head=dict(type="LightHamHead", num_classes=4, channels=24, ham_channels=32,
                          norm_cfg=BN)))
     assert without_aux.aux_head is None and without_aux.aux_rate == 0.0
+    assert without_aux.decode_loss.ignore_index == 255 and without_aux.cfg.background == 255
+    ignore0 = MODELS.build(dict(
+        type="EncoderDecoder", backbone=dict(type="DFormer-Tiny"),
+        decode_head=dict(type="LightHamHead", num_classes=4, channels=8, ham_channels=8,
+                         norm_cfg=BN, ignore_index=0)))
+    assert ignore0.decode_loss.ignore_index == 0 and ignore0.cfg.background == 0
     configs_style = MODELS.build(dict(
         type="EncoderDecoder", backbone=dict(type="DFormer-Tiny"),
         data_preprocessor=dict(type="RGBDDataPreprocessor", pad_sunrgbd=True),

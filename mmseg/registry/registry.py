@@ -222,7 +222,6 @@ def _lazy_class(module_path, class_name):
         check_keys(cls, kwargs, class_name)
         return cls(**kwargs)
     build.__name__ = class_name
-    build.target = (module_path, class_name)
     return build
 
 
@@ -238,17 +237,16 @@ def _head_norm(norm_cfg, owner):
     return dict(bn_eps=norm["eps"], bn_momentum=norm["momentum"], sync_bn=norm["sync"])
 
 
-def _dformer_head(owner, num_classes, norm_cfg, act_cfg, loss_decode, ignore_index):
+def _dformer_head(owner, norm_cfg, act_cfg, loss_decode, ignore_index):
     """Checks shared by DFormer's heads; the constructor keywords for the BN settings.
-    ``loss_decode`` is checked here and applied by the segmentor (the head has no loss)."""
+    ``loss_decode`` and ``ignore_index`` are checked here and applied by the segmentor's
+    loss (the head computes none); the head records ``ignore_index`` as mmseg's do."""
     from models.decoders.decode_head import _loss_weight, check_act_cfg
     from utils.errors import ConfigError
     if check_act_cfg(act_cfg, owner) != "relu":
         raise ConfigError(f"{owner}: act_cfg must be dict(type='ReLU') (the head's activation)")
-    if ignore_index != 255:
-        raise ConfigError(f"{owner}: ignore_index={ignore_index} is not supported here; the "
-                          "segmentor's loss ignores 255 (set it in the segmentor's decode_head "
-                          "of an EncoderDecoder)")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise ConfigError(f"{owner}: ignore_index must be an int (got {ignore_index!r})")
     _loss_weight(loss_decode, owner)
     return _head_norm(norm_cfg, owner)
 
@@ -270,7 +268,7 @@ def _light_ham_head(in_channels, in_index, num_classes, channels=512, ham_channe
                     loss_decode=_DEFAULT_LOSS, ignore_index=255):
     """mmseg ``LightHamHead`` (selected maps resized to the first and concatenated)."""
     owner = "LightHamHead"
-    norm = _dformer_head(owner, num_classes, norm_cfg, act_cfg, loss_decode, ignore_index)
+    norm = _dformer_head(owner, norm_cfg, act_cfg, loss_decode, ignore_index)
     _need(input_transform, ("multiple_select",), "input_transform", owner)
     nmf = dict(ham_kwargs or {})
     nmf_args = {}
@@ -281,11 +279,14 @@ def _light_ham_head(in_channels, in_index, num_classes, channels=512, ham_channe
     _need(nmf.pop("rand_init", True), (True,), "ham_kwargs.rand_init", owner)
     nmf.pop("inv_t", None)  # mmseg's NMF2D sets inv_t = 1 whatever is given; so does ours
     if nmf:
-        _need(sorted(nmf)[0], (), "ham_kwargs key", owner)
+        from utils.errors import ConfigError
+        raise ConfigError(f"{owner}: ham_kwargs key {sorted(nmf)[0]!r} is not supported (MD_S, "
+                          "MD_R, train_steps, eval_steps, inv_t, rand_init)")
     head = _class("models.decoders.ham_head", "LightHamHead")(
         list(in_channels), num_classes, channels=channels, in_index=tuple(in_index),
         ham_channels=ham_channels, dropout_ratio=dropout_ratio, align_corners=align_corners,
         nmf_kwargs=nmf_args or None, **norm)
+    head.ignore_index = ignore_index
     return head
 
 
@@ -296,13 +297,14 @@ def _nl_head(in_channels, in_index, num_classes, channels=512, reduction=2, use_
     """DFormer's non-local head (selected maps resized and concatenated, squeezed, one
     embedded-Gaussian non-local block, aligned, classified)."""
     owner = "NLHead"
-    norm = _dformer_head(owner, num_classes, norm_cfg, act_cfg, loss_decode, ignore_index)
+    norm = _dformer_head(owner, norm_cfg, act_cfg, loss_decode, ignore_index)
     _need(input_transform, ("resize_concat",), "input_transform", owner)
     _need(mode, ("embedded_gaussian",), "mode", owner)
     head = _class("models.decoders.nl_head", "NLHead")(
         list(in_channels), num_classes, channels=channels, in_index=tuple(in_index),
         dropout_ratio=dropout_ratio, align_corners=align_corners, reduction=reduction,
         use_scale=use_scale, **norm)
+    head.ignore_index = ignore_index
     return head
 
 
@@ -315,12 +317,13 @@ def _mlp_decoder(in_channels, num_classes, channels=768, in_index=(0, 1, 2, 3),
                  input_transform="multiple_select", loss_decode=_DEFAULT_LOSS, ignore_index=255):
     """DFormer's MLP decoder (SegFormer-style; ``channels`` is its embedding width)."""
     owner = "MLPDecoder"
-    norm = _dformer_head(owner, num_classes, norm_cfg, act_cfg, loss_decode, ignore_index)
+    norm = _dformer_head(owner, norm_cfg, act_cfg, loss_decode, ignore_index)
     _all_stages(in_index, owner)
     _need(input_transform, ("multiple_select",), "input_transform", owner)
     head = _class("models.decoders.mlp_decoder", "MLPDecoder")(
         list(in_channels), num_classes, dropout_ratio=dropout_ratio, embed_dim=channels,
         align_corners=align_corners, **norm)
+    head.ignore_index = ignore_index
     return head
 
 
@@ -330,13 +333,14 @@ def _uper_head(in_channels, num_classes, channels=512, pool_scales=(1, 2, 3, 6),
                loss_decode=_DEFAULT_LOSS, ignore_index=255):
     """DFormer's UPerNet head (no dropout before ``conv_seg``, as in the reference)."""
     owner = "UPerHead"
-    norm = _dformer_head(owner, num_classes, norm_cfg, act_cfg, loss_decode, ignore_index)
+    norm = _dformer_head(owner, norm_cfg, act_cfg, loss_decode, ignore_index)
     _all_stages(in_index, owner)
     _need(input_transform, ("multiple_select",), "input_transform", owner)
     _need(dropout_ratio, (0, -1), "dropout_ratio", owner)
     head = _class("models.decoders.uper_head", "UPerHead")(
         list(in_channels), num_classes, channels=channels, pool_scales=tuple(pool_scales),
         align_corners=align_corners, **norm)
+    head.ignore_index = ignore_index
     return head
 
 
@@ -349,7 +353,7 @@ def _aspp_head(in_channels, num_classes, in_index=(0, 1, 2, 3), dilations=(1, 12
     with rates 12/24/36, 48-channel low-level branch on the first map, Dropout 0.1,
     align_corners=True); those values only."""
     owner = "DepthwiseSeparableASPPHead"
-    norm = _dformer_head(owner, num_classes, norm_cfg, act_cfg, loss_decode, ignore_index)
+    norm = _dformer_head(owner, norm_cfg, act_cfg, loss_decode, ignore_index)
     _all_stages(in_index, owner)
     _need(input_transform, ("multiple_select",), "input_transform", owner)
     _need(tuple(dilations), ((1, 12, 24, 36),), "dilations", owner)
@@ -360,6 +364,7 @@ def _aspp_head(in_channels, num_classes, in_index=(0, 1, 2, 3), dilations=(1, 12
     _need(align_corners, (True,), "align_corners", owner)
     head = _class("models.decoders.deeplabv3plus", "DeepLabV3Plus")(
         list(in_channels), num_classes, **norm)
+    head.ignore_index = ignore_index
     return head
 
 
