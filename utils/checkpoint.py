@@ -213,6 +213,9 @@ def load_state_dict(module, state_dict, strict=True, source="checkpoint"):
         target.update(jt.array(value.astype(str(target.dtype), copy=False)))
         if was_stopped:
             target.stop_grad()
+    # Materialise the loaded values now: a pending ``array`` op of a one-element parameter
+    # (e.g. CCHead's ``cca.gamma.scale``) fused into a broadcasting kernel fails to compile.
+    jt.sync_all()
     return report
 
 
