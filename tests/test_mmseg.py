@@ -84,7 +84,7 @@ OTHERS = [
     (MODELS, "DFormer", dict(arch="tiny")),
     (MODELS, "DFormer-Tiny", dict(drop_path_rate=0.0)),
     (MODELS, "DFormerv2", dict(arch="s")),
-    (MODELS, "SegDataPreProcessor", dict()),
+    (MODELS, "SegDataPreProcessor", dict(mean=[0, 0, 0], std=[1, 1, 1])),
     (MODELS, "RGBDDataPreprocessor", dict(pad_sunrgbd=True)),
     (MODELS, "CrossEntropyLoss", dict(loss_weight=2.0)),
     (METRICS, "IoUMetric", dict(num_classes=3)),
@@ -242,16 +242,19 @@ def test_data_preprocessor_is_the_data_path():
                                                color_order=order))
         got = pre(bgr, depth)
         assert np.allclose(got[0], want[0], atol=1e-6) and np.array_equal(got[1], want[1])
-    flipped = MODELS.build(dict(type="SegDataPreProcessor", bgr_to_rgb=True))(bgr, depth)[0]
-    assert not np.allclose(flipped, MODELS.build(dict(type="SegDataPreProcessor"))(bgr, depth)[0])
-    other_mean = MODELS.build(dict(type="SegDataPreProcessor", mean=[0, 0, 0]))(bgr, depth)[0]
+    imagenet = dict(type="SegDataPreProcessor", mean=mean, std=std)
+    flipped = MODELS.build(dict(imagenet, bgr_to_rgb=True))(bgr, depth)[0]
+    assert not np.allclose(flipped, MODELS.build(imagenet)(bgr, depth)[0])
+    other_mean = MODELS.build(dict(imagenet, mean=[0, 0, 0]))(bgr, depth)[0]
     assert np.allclose(other_mean[0, 0], bgr[:, :, 0] / 255.0 / 0.229, atol=1e-5)
+    with pytest.raises(ConfigError, match="'mean' is missing"):  # mmseg: no normalisation
+        MODELS.build(dict(type="SegDataPreProcessor", std=std))
     ours = MODELS.build(dict(type="RGBDDataPreprocessor", bgr_to_rgb=True))  # configs/: 0..1 scale
     assert np.allclose(ours(bgr, depth)[0], flipped, atol=1e-6)
     for key, value in (("pad_val", 1), ("seg_pad_val", 0), ("size", (64, 64)),
                        ("size_divisor", 32), ("rgb_to_bgr", True), ("test_cfg", dict(size_divisor=32))):
         with pytest.raises(ConfigError, match=key):
-            MODELS.build(dict(type="SegDataPreProcessor", **{key: value}))
+            MODELS.build(dict(imagenet, **{key: value}))
 
 
 def test_cross_entropy_loss_weight_and_mmseg_average():
@@ -285,7 +288,8 @@ def test_segmentor_builds_what_its_dict_says():
     from utils.errors import ConfigError
     model = MODELS.build(dict(
         type="EncoderDecoder", backbone=dict(type="DFormer", arch="tiny", drop_path_rate=0.0),
-        data_preprocessor=dict(type="SegDataPreProcessor", bgr_to_rgb=True),
+        data_preprocessor=dict(type="SegDataPreProcessor", mean=[123.675, 116.28, 103.53],
+                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True),
         decode_head=dict(type="CCHead", num_classes=5, channels=32, norm_cfg=BN, recurrence=1,
                          loss_decode=dict(type="CrossEntropyLoss", loss_weight=2.0)),
         auxiliary_head=dict(type="FCNHead", channels=16, num_classes=5, norm_cfg=BN,

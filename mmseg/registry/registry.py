@@ -1,5 +1,6 @@
 """A small mmengine-like ``Registry`` and the populated registries (module doc in __init__)."""
 import copy
+import functools
 import inspect
 
 import numpy as np
@@ -433,7 +434,9 @@ class _PixelLoss:
         return total * (self.loss_weight / float(np.prod(label.shape)))
 
 
+@functools.lru_cache(maxsize=None)
 def _segmentor_class():
+    """The segmentor class, defined on first use (models import Jittor)."""
     from models.builder import EncoderDecoder
 
     class MMSegEncoderDecoder(EncoderDecoder):
@@ -551,13 +554,14 @@ class SegDataPreProcessor:
     ``norm_mean`` / ``norm_std`` (0..1 scale) and ``color_order``; the padding values
     must be the data path's (0 for images, 255 for labels); batch padding (``size``,
     ``size_divisor``, ``test_cfg``) and batch augments are not supported (the data path
-    crops to a fixed size). Calling it preprocesses one RGB-D pair exactly as evaluation.
+    crops to a fixed size). ``mean`` / ``std`` are required: mmseg's default (None, no
+    normalisation) is not a data path here. Calling it preprocesses one RGB-D pair exactly
+    as evaluation.
     """
 
     scale = 255.0  # of mean / std
 
-    def __init__(self, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375),
-                 bgr_to_rgb=False, rgb_to_bgr=False, pad_val=0, seg_pad_val=255, size=None,
+    def __init__(self, mean, std, bgr_to_rgb=False, rgb_to_bgr=False, pad_val=0, seg_pad_val=255, size=None,
                  size_divisor=None, test_cfg=None, batch_augments=None):
         from utils.errors import ConfigError
         owner = type(self).__name__
