@@ -378,6 +378,23 @@ def test_transforms_and_unknown_types_are_errors():
         METRICS.build(dict(type="IoUMetric", num_classes=7, iou_metrics=["mDice"]))
 
 
+def test_dataset_names_give_classes_and_palettes():
+    from mmseg.utils import get_classes, get_palette
+    from mmseg.visualization import SegLocalVisualizer
+    from utils.errors import ConfigError
+    from utils.visualize import nyu_palette
+    classes = get_classes("NYUDepthv2")
+    assert len(classes) == 40 and classes[0] == "wall"
+    assert get_palette("NYUDepthv2")[:40] == nyu_palette()[:40].tolist()
+    vis = SegLocalVisualizer(dataset_name="SUNRGBD", classes=["a"] * 37)
+    assert vis.dataset_meta["classes"] == ("a",) * 37
+    assert vis.dataset_meta["palette"] == get_palette("SUNRGBD")
+    with pytest.raises(ConfigError, match="dataset_name"):
+        get_classes("Cityscapes")
+    with pytest.raises(ConfigError, match="WandbVisBackend"):
+        SegLocalVisualizer(vis_backends=[dict(type="WandbVisBackend")])
+
+
 def test_visualization_does_not_import_the_apis():
     """The dependency runs one way: mmseg.apis uses mmseg.visualization, never back."""
     import ast

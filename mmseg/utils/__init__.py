@@ -11,13 +11,12 @@ DATASET_CONFIGS = {"NYUDepthv2": "local_configs.NYUDepthv2.DFormer_Tiny",
                    "SynthRGBD": "local_configs.SynthRGBD.DFormer_Tiny"}
 
 
-def dataset_meta(cfg, classes=None, palette=None):
+def dataset_meta(cfg):
     """mmseg's ``{'classes': tuple, 'palette': [[r, g, b], ...]}`` of an internal config."""
     from utils.visualize import get_palette as config_palette
     n = int(cfg.num_classes)
-    names = classes or cfg.get("class_names") or [f"class_{i}" for i in range(n)]
-    if palette is None:
-        palette = config_palette(cfg)[:n].tolist()
+    names = cfg.get("class_names") or [f"class_{i}" for i in range(n)]
+    palette = config_palette(cfg)[:n].tolist()
     return {"classes": tuple(names), "palette": [list(map(int, c)) for c in palette]}
 
 
