@@ -195,3 +195,22 @@ def test_head_train_step_and_odd_size_inference(decoder):
 def test_heads_smoke_command_ops(capsys):
     assert smoke.main(["--backbones"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"{len(smoke.MMSEG_FIXTURES) + 4} passed, 0 failed"
+
+
+def test_ham_and_nl_heads_take_mmsegs_single_input():
+    """``in_channels=C, in_index=i`` (ints, mmseg's single-input config) is ``feats[i]``."""
+    from models.decoders import LightHamHead, NLHead
+    feats = [None, None, jt.randn(1, 16, 5, 6)]
+    single = LightHamHead(16, 3, channels=8, in_index=2, ham_channels=8)
+    listed = LightHamHead([16], 3, channels=8, in_index=[2], ham_channels=8)
+    listed.load_state_dict(single.state_dict())
+    bases = np.random.default_rng(0).random((1, 8, 64))
+    for head in (single, listed):
+        head.eval()
+        head.hamburger.ham.fixed_bases = bases
+    assert np.allclose(single(feats).numpy(), listed(feats).numpy())
+    nl = NLHead(16, 3, channels=8, in_index=2)
+    nl.eval()
+    assert tuple(nl(feats).shape) == (1, 3, 5, 6)
+    with pytest.raises(ConfigError):
+        LightHamHead(16, 3, in_index=[2])
