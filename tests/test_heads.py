@@ -48,7 +48,7 @@ def _psa(**kw):
 
 
 def test_mmseg_arguments_are_honoured():
-    from models.decoders import CCHead, FCNHead, PointRendHead
+    from models.decoders import CCHead, FCNHead, PointHead, PointRendHead
     head = _psa(channels=32, normalization_factor=None, norm_cfg=dict(type="BN", eps=1e-3,
                                                                       momentum=0.3))
     assert head.conv_seg.weight.shape == [3, 32, 1, 1] and head.normalization_factor == 25.0
@@ -73,6 +73,9 @@ def test_mmseg_arguments_are_honoured():
     assert (point.num_points, point.subdivision_steps, point.scale_factor) == (7, 1, 3)
     assert point.point_head.fcs[0].conv.weight.shape == [256, 256 + 5, 1]
     assert point.point_head.fc_seg.weight.shape == [5, 256 + 5, 1]
+    weighted = PointHead(loss_decode=dict(type="CrossEntropyLoss", loss_weight=0.5),
+                         in_channels=[4], in_index=[0], channels=4, num_classes=3)
+    assert weighted.loss_weight == 0.5
 
 
 @pytest.mark.parametrize("kwargs,error", [
@@ -83,6 +86,7 @@ def test_mmseg_arguments_are_honoured():
     (dict(conv_cfg=dict(type="Conv1d")), ConfigError),
     (dict(loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=True)), ConfigError),
     (dict(loss_decode=dict(type="DiceLoss")), ConfigError),
+    (dict(loss_decode=dict(type="CrossEntropyLoss", loss_weight=0.4)), ConfigError),
     (dict(sampler=dict(type="OHEMPixelSampler")), ConfigError),
     (dict(out_channels=1), ConfigError),
     (dict(psa_type="both"), ConfigError),

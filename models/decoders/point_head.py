@@ -285,6 +285,7 @@ class PointHead(DecodeHead):
 
     default_init_cfg = dict(type="Normal", std=0.01, override=dict(name="fc_seg"))
     conv_cfgs = (dict(type="Conv1d"),)
+    computes_own_loss = True
 
     def __init__(self, num_fcs=3, coarse_pred_each_layer=True, conv_cfg=dict(type="Conv1d"),
                  norm_cfg=None, act_cfg=dict(type="ReLU", inplace=False), **kwargs):
