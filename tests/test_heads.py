@@ -218,3 +218,14 @@ def test_ham_and_nl_heads_take_mmsegs_single_input():
     assert tuple(nl(feats).shape) == (1, 3, 5, 6)
     with pytest.raises(ConfigError):
         LightHamHead(16, 3, in_index=[2])
+
+
+def test_norm_cfg_for_the_dformer_heads():
+    from models.decoders import LightHamHead
+    from models.decoders.decode_head import bn_kwargs
+    kw = bn_kwargs(dict(type="BN", eps=1e-3, momentum=0.05), "LightHamHead")
+    head = LightHamHead(16, 3, channels=8, in_index=2, ham_channels=8, **kw)
+    assert (head.squeeze.bn.eps, head.squeeze.bn.momentum, head.squeeze.bn.sync) == (1e-3, 0.05, False)
+    assert bn_kwargs(dict(type="SyncBN"), "LightHamHead")["sync_bn"] is True
+    with pytest.raises(ConfigError):
+        bn_kwargs(None, "LightHamHead")
