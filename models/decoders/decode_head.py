@@ -97,9 +97,9 @@ class DecodeHead(nn.Module):
     (``in_channels`` becomes their sum); ``"multiple_select"`` returns the list.
     ``loss_decode`` must be a single cross-entropy without sigmoid (the
     segmentor's pixel loss); its ``loss_weight`` scales the losses the head
-    computes itself (PointRend's point loss) and must be 1 for the others. ``init_weights`` is mmseg's:
-    PyTorch's default conv init, BN weight 1 / bias 0, ``Normal(std=0.01)`` for
-    the classifier.
+    computes itself (PointRend's point loss) and must be 1 for the others.
+    ``init_weights`` is mmseg's (:func:`mmseg_init`, ``Normal(std=0.01)`` for
+    the classifier).
     """
 
     default_init_cfg = DEFAULT_INIT
