@@ -225,7 +225,8 @@ def test_norm_cfg_for_the_dformer_heads():
     from models.decoders.decode_head import bn_kwargs
     kw = bn_kwargs(dict(type="BN", eps=1e-3, momentum=0.05), "LightHamHead")
     head = LightHamHead(16, 3, channels=8, in_index=2, ham_channels=8, **kw)
-    assert (head.squeeze.bn.eps, head.squeeze.bn.momentum, head.squeeze.bn.sync) == (1e-3, 0.05, False)
+    bn = head.squeeze.bn
+    assert (bn.eps, bn.momentum, bn.sync) == (1e-3, 0.05, False)
     assert bn_kwargs(dict(type="SyncBN"), "LightHamHead")["sync_bn"] is True
     with pytest.raises(ConfigError):
         bn_kwargs(None, "LightHamHead")

@@ -234,7 +234,7 @@ def check_mmseg_fixture(name):
                             f"{[k for k in ours if k in theirs and ours[k] != theirs[k]][:5]}")
     load_state_dict(head, state, strict=True, source=f"{name}.npz")
     head.eval()
-    feats = [jt.array(arrays[f"in/{i}"]) for i in range(len([k for k in arrays if k.startswith("in/")]))]
+    feats = [jt.array(arrays[f"in/{i}"]) for i in range(sum(k.startswith("in/") for k in arrays))]
     with jt.no_grad():
         if not name.startswith("pointrend"):
             err = assert_close(head(feats).numpy(), arrays["out/logits"], f"{name} logits")

@@ -305,7 +305,8 @@ class PointHead(DecodeHead):
             self.fcs.append(PointFC(width, self.channels, self.act))
             width = self.channels + (self.num_classes if coarse_pred_each_layer else 0)
         self.fc_seg = PointConv1d(width, self.num_classes)
-        self.dropout = nn.Dropout(self.dropout_ratio, is_train=True) if self.dropout_ratio > 0 else None
+        self.dropout = (nn.Dropout(self.dropout_ratio, is_train=True) if self.dropout_ratio > 0
+                        else None)
         del self.conv_seg
 
     def init_weights(self):
