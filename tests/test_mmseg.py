@@ -214,6 +214,8 @@ def test_dformer_heads_refuse_what_they_cannot_build():
            ("LightHamHead", dict(norm_cfg=None), "norm_cfg"),
            ("LightHamHead", dict(act_cfg=dict(type="GELU")), "act_cfg"),
            ("LightHamHead", dict(loss_decode=dict(type="FocalLoss")), "FocalLoss"),
+           ("UPerHead", dict(loss_decode=dict(type="CrossEntropyLoss", loss_weight=2.0)),
+            "loss_weight"),  # a head alone has no loss to weight (the segmentor's test)
            ("NLHead", dict(mode="dot_product"), "mode"),
            ("UPerHead", dict(dropout_ratio=0.1), "dropout_ratio"),
            ("MLPDecoder", dict(in_index=[1, 2, 3]), "in_index"),
@@ -299,6 +301,7 @@ def test_segmentor_builds_what_its_dict_says():
     assert tuple(model.decode_head.conv_seg.weight.shape) == (5, 32, 1, 1)
     assert tuple(model.aux_head.conv_seg.weight.shape) == (5, 16, 1, 1)
     assert model.aux_head.in_index == 2 and model.aux_rate == 0.25
+    assert (model.decode_loss.loss_weight, model.decode_head.loss_weight) == (2.0, 1.0)
     assert model.cfg.color_order == "RGB" and model.cfg.pad_SUNRGBD is False
     # the loss is decode (x2) + aux (x0.25), each over all pixels
     model.train()

@@ -226,30 +226,27 @@ def _lazy_class(module_path, class_name):
     return build
 
 
-def _head_norm(norm_cfg, owner):
-    """``norm_cfg`` of a DFormer head -> its ``bn_eps`` / ``bn_momentum`` / ``sync_bn``.
-    These heads always have BatchNorm: ``norm_cfg`` is required."""
-    from models.decoders.decode_head import norm_settings
-    from utils.errors import ConfigError
-    norm = norm_settings(norm_cfg, owner)
-    if norm is None:
-        raise ConfigError(f"{owner}: norm_cfg is required (this head always has BatchNorm): "
-                          "give dict(type='SyncBN' or 'BN', eps=..., momentum=...)")
-    return dict(bn_eps=norm["eps"], bn_momentum=norm["momentum"], sync_bn=norm["sync"])
-
-
 def _dformer_head(owner, norm_cfg, act_cfg, loss_decode, ignore_index):
     """Checks shared by DFormer's heads; the constructor keywords for the BN settings.
-    ``loss_decode`` and ``ignore_index`` are checked here and applied by the segmentor's
-    loss (the head computes none); the head records ``ignore_index`` as mmseg's do."""
-    from models.decoders.decode_head import _loss_weight, check_act_cfg
+    The head computes no loss: ``loss_decode`` must be a plain cross-entropy of weight 1
+    (an ``EncoderDecoder`` applies its decode / auxiliary head's weight itself) and
+    ``ignore_index`` is recorded for the segmentor's loss, as mmseg's heads do."""
+    from models.decoders.decode_head import bn_kwargs, check_act_cfg, loss_weight_of
     from utils.errors import ConfigError
     if check_act_cfg(act_cfg, owner) != "relu":
         raise ConfigError(f"{owner}: act_cfg must be dict(type='ReLU') (the head's activation)")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise ConfigError(f"{owner}: ignore_index must be an int (got {ignore_index!r})")
-    _loss_weight(loss_decode, owner)
-    return _head_norm(norm_cfg, owner)
+    weight = loss_weight_of(loss_decode, owner)
+    if weight != 1.0:
+        raise ConfigError(f"{owner}: loss_decode loss_weight={weight} is not supported on a head "
+                          "alone (it has no loss); an EncoderDecoder applies it")
+    return bn_kwargs(norm_cfg, owner)
+
+
+def _seq(value):
+    """An int stays an int (mmseg's single input); a tuple becomes a list."""
+    return list(value) if isinstance(value, (list, tuple)) else value
 
 
 def _need(value, allowed, key, owner):
@@ -284,7 +281,7 @@ def _light_ham_head(in_channels, in_index, num_classes, channels=512, ham_channe
         raise ConfigError(f"{owner}: ham_kwargs key {sorted(nmf)[0]!r} is not supported (MD_S, "
                           "MD_R, train_steps, eval_steps, inv_t, rand_init)")
     head = _class("models.decoders.ham_head", "LightHamHead")(
-        list(in_channels), num_classes, channels=channels, in_index=tuple(in_index),
+        _seq(in_channels), num_classes, channels=channels, in_index=_seq(in_index),
         ham_channels=ham_channels, dropout_ratio=dropout_ratio, align_corners=align_corners,
         nmf_kwargs=nmf_args or None, **norm)
     head.ignore_index = ignore_index
@@ -302,7 +299,7 @@ def _nl_head(in_channels, in_index, num_classes, channels=512, reduction=2, use_
     _need(input_transform, ("resize_concat",), "input_transform", owner)
     _need(mode, ("embedded_gaussian",), "mode", owner)
     head = _class("models.decoders.nl_head", "NLHead")(
-        list(in_channels), num_classes, channels=channels, in_index=tuple(in_index),
+        _seq(in_channels), num_classes, channels=channels, in_index=_seq(in_index),
         dropout_ratio=dropout_ratio, align_corners=align_corners, reduction=reduction,
         use_scale=use_scale, **norm)
     head.ignore_index = ignore_index
@@ -458,9 +455,13 @@ def _segmentor_class():
 
 
 def _loss_of(head):
+    """The loss a segmentor computes for ``head`` (its ``loss_decode`` and ``ignore_index``)
+    and the head's dict without the weight (that loss applies it, not the head)."""
     loss = MODELS.build(head.get("loss_decode", dict(type="CrossEntropyLoss")))
     loss.ignore_index = head.get("ignore_index", 255)
-    return loss
+    if "loss_decode" in head:
+        head = dict(head, loss_decode=dict(head["loss_decode"], loss_weight=1.0))
+    return loss, head
 
 
 def _sliding_window(test_cfg, cfg):
@@ -520,21 +521,23 @@ def _build_segmentor(backbone, decode_head, auxiliary_head=None, neck=None, num_
     model = _segmentor_class()(cfg, load_pretrained=False, sync_bn=False)
     model.backbone = backbone_module
     stages = list(backbone_module.out_channels)
+    model.decode_loss, first = _loss_of(heads[0])  # (PointHead weights its point loss itself)
     if cascade:
         point_rend = _class("models.decoders.point_head", "PointRendHead")
         fpn = MODELS.build(dict({"in_channels": stages}, **neck))
-        model.decode_head = point_rend(fpn, MODELS.build(heads[0]), MODELS.build(heads[1]),
+        model.decode_head = point_rend(fpn, MODELS.build(first), MODELS.build(heads[1]),
                                        train_cfg=train_cfg, test_cfg=test_cfg)
     else:
-        model.decode_head = MODELS.build(_with_layout(heads[0], cfg.decoder, stages))
-    model.decode_loss = _loss_of(heads[0])
+        model.decode_head = MODELS.build(_with_layout(first, cfg.decoder, stages))
     aux = auxiliary_head
     if isinstance(aux, (list, tuple)):
         if len(aux) > 1:
             raise ConfigError("EncoderDecoder: one auxiliary_head at most is supported")
         aux = aux[0] if aux else None
-    model.aux_head = MODELS.build(_with_layout(aux, "aux", stages)) if aux else None
-    model.aux_loss = _loss_of(aux) if aux else None
+    model.aux_head = model.aux_loss = None
+    if aux:
+        model.aux_loss, aux = _loss_of(aux)
+        model.aux_head = MODELS.build(_with_layout(aux, "aux", stages))
     cfg.aux_rate = model.aux_rate = model.aux_loss.loss_weight if aux else 0.0
     model.init_weights(pretrained)
     model.cfg = cfg

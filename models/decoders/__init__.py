@@ -81,7 +81,8 @@ def _build_cc(cfg, channels, norm):
 
 def _build_point(cfg, channels, norm):
     head = PointRendHead.build(
-        channels, cfg.num_classes, norm_cfg=_norm_cfg(norm), ignore_index=cfg.get("background", 255),
+        channels, cfg.num_classes, norm_cfg=_norm_cfg(norm),
+        ignore_index=cfg.get("background", 255),
         train_cfg=dict(num_points=cfg.get("point_num_points", 2048)),
         test_cfg=dict(subdivision_steps=cfg.get("point_subdivision_steps", 2),
                       subdivision_num_points=cfg.get("point_subdivision_num_points", 8196)))

@@ -19,7 +19,7 @@ from ..ops import resize
 from .ham_head import configure_norms
 
 __all__ = ["DecodeHead", "norm_settings", "check_act_cfg", "check_conv_cfg", "build_conv_module",
-           "mmseg_init", "normal_init", "DEFAULT_LOSS"]
+           "bn_kwargs", "loss_weight_of", "mmseg_init", "normal_init", "DEFAULT_LOSS"]
 
 DEFAULT_LOSS = dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0)
 DEFAULT_INIT = dict(type="Normal", std=0.01, override=dict(name="conv_seg"))
@@ -46,6 +46,16 @@ def norm_settings(norm_cfg, owner):
         raise ConfigError(f"{owner}: norm_cfg keys {sorted(cfg)} are not supported; "
                           "only type, eps, momentum, requires_grad")
     return dict(eps=float(eps), momentum=float(momentum), sync=kind == "SyncBN")
+
+
+def bn_kwargs(norm_cfg, owner):
+    """mmcv ``norm_cfg`` -> ``bn_eps`` / ``bn_momentum`` / ``sync_bn`` of the DFormer heads
+    (LightHamHead, UPerHead, ...), which always have BatchNorm."""
+    norm = norm_settings(norm_cfg, owner)
+    if norm is None:
+        raise ConfigError(f"{owner}: norm_cfg=None is not supported (this head always has "
+                          "BatchNorm); use dict(type='BN') or dict(type='SyncBN')")
+    return dict(bn_eps=norm["eps"], bn_momentum=norm["momentum"], sync_bn=norm["sync"])
 
 
 def check_act_cfg(act_cfg, owner):
@@ -87,13 +97,14 @@ class DecodeHead(nn.Module):
     (``in_channels`` becomes their sum); ``"multiple_select"`` returns the list.
     ``loss_decode`` must be a single cross-entropy without sigmoid (the
     segmentor's pixel loss); its ``loss_weight`` scales the losses the head
-    computes itself (PointRend's point loss). ``init_weights`` is mmseg's:
-    PyTorch's default conv init, BN weight 1 / bias 0, ``Normal(std=0.01)`` for
-    the classifier.
+    computes itself (PointRend's point loss) and must be 1 for the others.
+    ``init_weights`` is mmseg's (:func:`mmseg_init`, ``Normal(std=0.01)`` for
+    the classifier).
     """
 
     default_init_cfg = DEFAULT_INIT
     conv_cfgs = (None,)  # the conv_cfg values a head can build
+    computes_own_loss = False  # True: the head computes (and weights) its loss itself
 
     def __init__(self, in_channels, channels, *, num_classes, out_channels=None, threshold=None,
                  dropout_ratio=0.1, conv_cfg=None, norm_cfg=None, act_cfg=dict(type="ReLU"),
@@ -110,7 +121,10 @@ class DecodeHead(nn.Module):
             raise ConfigError(f"{owner}: pixel sampler {sampler!r} is not supported; remove it")
         if init_cfg not in (None, self.default_init_cfg):
             raise ConfigError(f"{owner}: init_cfg {init_cfg!r} is not supported; remove it")
-        self.loss_weight = _loss_weight(loss_decode, owner)
+        self.loss_weight = loss_weight_of(loss_decode, owner)
+        if self.loss_weight != 1.0 and not self.computes_own_loss:
+            raise ConfigError(f"{owner}: loss_decode loss_weight={self.loss_weight} is not "
+                              "supported (the segmentor's pixel loss has weight 1); remove it")
         self._init_inputs(in_channels, in_index, input_transform, owner)
         self.channels = channels
         self.num_classes = num_classes
@@ -198,7 +212,7 @@ def normal_init(module, std):
         module.bias.assign(jt.zeros(module.bias.shape))
 
 
-def _loss_weight(loss_decode, owner):
+def loss_weight_of(loss_decode, owner):
     """The ``loss_weight`` of a plain cross-entropy ``loss_decode``; anything else is an error."""
     if not isinstance(loss_decode, dict):
         raise ConfigError(f"{owner}: loss_decode must be one dict (several losses are not "

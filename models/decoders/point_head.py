@@ -285,6 +285,7 @@ class PointHead(DecodeHead):
 
     default_init_cfg = dict(type="Normal", std=0.01, override=dict(name="fc_seg"))
     conv_cfgs = (dict(type="Conv1d"),)
+    computes_own_loss = True
 
     def __init__(self, num_fcs=3, coarse_pred_each_layer=True, conv_cfg=dict(type="Conv1d"),
                  norm_cfg=None, act_cfg=dict(type="ReLU", inplace=False), **kwargs):
@@ -304,7 +305,8 @@ class PointHead(DecodeHead):
             self.fcs.append(PointFC(width, self.channels, self.act))
             width = self.channels + (self.num_classes if coarse_pred_each_layer else 0)
         self.fc_seg = PointConv1d(width, self.num_classes)
-        self.dropout = nn.Dropout(self.dropout_ratio, is_train=True) if self.dropout_ratio > 0 else None
+        self.dropout = (nn.Dropout(self.dropout_ratio, is_train=True) if self.dropout_ratio > 0
+                        else None)
         del self.conv_seg
 
     def init_weights(self):
