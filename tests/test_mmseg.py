@@ -335,6 +335,13 @@ def test_segmentor_builds_what_its_dict_says():
     assert configs_style.cfg.eval_crop_size == [96, 128]
     assert configs_style.cfg.eval_stride_rate == 0.5
     assert tuple(without_aux.decode_head.conv_seg.weight.shape) == (4, 24, 1, 1)
+    # mmseg's single-input form (int in_channels / in_index) is taken as written
+    single = MODELS.build(dict(
+        type="EncoderDecoder", backbone=dict(type="DFormer-Tiny"),
+        decode_head=dict(type="PSAHead", in_channels=512, in_index=3, channels=8, num_classes=4,
+                         mask_size=(3, 3), norm_cfg=BN)))
+    assert (single.decode_head.in_channels, single.decode_head.in_index) == (512, 3)
+    assert single.decode_head.input_transform is None
     head = dict(type="LightHamHead", num_classes=4, norm_cfg=BN)
     for key, value in (("test_cfg", dict(mode="slide", crop_size=(8, 8), stride=(4, 4))),
                        ("train_cfg", dict(sampler=1)), ("init_cfg", dict(type="Pretrained"))):

@@ -405,9 +405,10 @@ _LAYOUTS = {
 
 
 def _with_layout(head, layout, stages):
-    out = dict(_LAYOUTS[layout](list(stages)))
-    out.update(head)
-    return out
+    """``head`` with the engine's inputs for it, unless it names its inputs itself."""
+    if any(k in head for k in ("in_channels", "in_index", "input_transform")):
+        return head
+    return dict(_LAYOUTS[layout](list(stages)), **head)
 
 
 def _need_none(value, key, hint=""):
