@@ -10,6 +10,7 @@ import pytest
 import jittor as jt
 
 from models import ops
+from models import layers
 from models.layers import BatchNorm2d
 from models.ops import batch_norm
 
@@ -310,3 +311,26 @@ def test_module_fused_matches_plain():
     _assert_close(mf, rm, "running_mean vs float64")
     _assert_close(vf, rv, "running_var vs float64")
     _assert_close(fused[2], plain[2].astype(np.float64), "eval output after training")
+
+
+def test_module_sync_path_one_process(monkeypatch):
+    """BatchNorm2d's SyncBN branch (jt.in_mpi; Jittor's MPI operators are identities in a
+    single process) trains like the local one: outputs, gradients, running statistics."""
+    rng = np.random.RandomState(12)
+    shape = (2, 8, 6, 5)
+    batches = [(rng.randn(*shape) * (i + 1) + 50 * i).astype(np.float32) for i in range(2)]
+    g = rng.randn(*shape).astype(np.float32)
+    local = _module_steps(False, batches, g)
+    monkeypatch.setattr(jt, "in_mpi", True)
+    calls = []
+    original = layers.batch_norm_train_synced
+    monkeypatch.setattr(layers, "batch_norm_train_synced",
+                        lambda *a: calls.append(1) or original(*a))
+    synced = _module_steps(False, batches, g)
+    assert len(calls) == len(batches)               # every training call, not the eval one
+    for (ys, dxs, dws), (yl, dxl, dwl) in zip(synced[0], local[0]):
+        _assert_close(ys, yl.astype(np.float64), "synced y")
+        _assert_close(dxs, dxl.astype(np.float64), "synced dx")
+        _assert_close(dws, dwl.astype(np.float64), "synced dweight", 1e-4)
+    for s, l, name in zip(synced[1], local[1], ("running_mean", "running_var", "count")):
+        _assert_close(s, l.astype(np.float64), f"synced {name}")

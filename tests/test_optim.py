@@ -1,9 +1,12 @@
-"""The fused AdamW step (utils/engine/optim.py) against Jittor's own step (the plain path).
+"""AdamW and SGDM (utils/engine/optim.py): the fused AdamW step against the plain one,
+and both optimisers against PyTorch's.
 
-Jittor's AdamW.step is what runs with the fused kernels switched off (and on CUDA);
-the fused OpenMP kernels must give the same parameters and moments over several
-steps, for every parameter group, lr and tensor size (blocking and chunking edges),
-and keep the optimiser's state layout (exact save / load round trip).
+The plain step (Jittor's AdamW.step arithmetic in the tensors' dtype) is what runs with
+the fused kernels switched off, on CUDA and in float64; the fused OpenMP kernels must
+give the same parameters and moments over several steps, for every parameter group,
+lr and tensor size (blocking and chunking edges), and keep the optimiser's state layout
+(exact save / load round trip). Against torch.optim (a bundled fixture): float32 and
+float64, fused and plain, and a resume through the checkpoint files.
 """
 import json
 import os
