@@ -336,55 +336,37 @@ class AdamW(_StateMixin, jt.optim.AdamW):
 
     STATE_KEYS = ("m", "values")
 
-    def _plain_step(self):
+    def _scalars(self, pg, dtype):
+        """The step's scalars for group ``pg`` in ``dtype`` (float32: as Jittor rounds the
+        Python floats of its step): 1 - lr * wd, b0, 1 - b0, b1, 1 - b1, sqrt(1 - b1^n),
+        eps and lr / (1 - b0^n)."""
         n = float(self.n_step)
+        lr = pg.get("lr", self.lr)
+        weight_decay = pg.get("weight_decay", self.weight_decay)
+        b0, b1 = pg.get("betas", self.betas)
+        sqrt_bc2 = np.sqrt(np.dtype(dtype).type(1 - b1 ** n))
+        return np.array([1 - lr * weight_decay, b0, 1 - b0, b1, 1 - b1, sqrt_bc2,
+                         pg.get("eps", self.eps), lr / (1 - b0 ** n)], dtype=dtype)
+
+    def _plain_step(self):
         for pg in self.param_groups:
-            lr = pg.get("lr", self.lr)
-            eps = pg.get("eps", self.eps)
-            weight_decay = pg.get("weight_decay", self.weight_decay)
-            b0, b1 = pg.get("betas", self.betas)
-            bias_correction1 = 1 - b0 ** n
-            bias_correction2 = 1 - b1 ** n
             consts = {}
             for p, g, v, m in zip(pg["params"], pg["grads"], pg["values"], pg["m"]):
                 if p.is_stop_grad():
                     continue
                 dtype = str(p.dtype)
                 if dtype not in consts:
-                    consts[dtype] = _constants(
-                        [1 - lr * weight_decay, b0, 1 - b0, b1, 1 - b1,
-                         np.sqrt(np.dtype(dtype).type(bias_correction2)), eps,
-                         lr / bias_correction1], p)
-                decay, c_b0, c_1b0, c_b1, c_1b1, sqrt_bc2, c_eps, step_size = consts[dtype]
+                    consts[dtype] = _constants(self._scalars(pg, dtype), p)
+                decay, b0, one_b0, b1, one_b1, sqrt_bc2, eps, step_size = consts[dtype]
                 p.update(p * decay)
-                m.update(c_b0 * m + c_1b0 * g)
-                v.update(c_b1 * v + c_1b1 * g * g)
-                denom = jt.sqrt(v) / sqrt_bc2 + c_eps
+                m.update(b0 * m + one_b0 * g)
+                v.update(b1 * v + one_b1 * g * g)
+                denom = jt.sqrt(v) / sqrt_bc2 + eps
                 p.update(p - step_size * m / denom)
 
-    def step(self, loss=None, retain_graph=False):
-        if loss is not None:
-            self.pre_step(loss, retain_graph)
-            loss = None
-        if not adamw_fused_applies(self):
-            self.pre_step(None, retain_graph)
-            self._plain_step()
-            self.post_step()
-            return
-        self.pre_step(None, retain_graph)
-        n = float(self.n_step)
+    def _fused_step(self):
         for pg in self.param_groups:
-            lr = pg.get("lr", self.lr)
-            eps = pg.get("eps", self.eps)
-            weight_decay = pg.get("weight_decay", self.weight_decay)
-            b0, b1 = pg.get("betas", self.betas)
-            bias_correction1 = 1 - b0 ** n
-            bias_correction2 = 1 - b1 ** n
-            # each scalar rounded to float32 as Jittor rounds the Python floats of its step
-            scalars = np.array([1 - lr * weight_decay, b0, 1 - b0, b1, 1 - b1,
-                                np.sqrt(np.float32(bias_correction2)), eps,
-                                lr / bias_correction1], dtype=np.float32)
-            scalars = jt.array(scalars).stop_grad()
+            scalars = jt.array(self._scalars(pg, "float32")).stop_grad()
             items = [(p, g, m, v) for p, g, v, m in zip(pg["params"], pg["grads"], pg["values"],
                                                         pg["m"]) if not p.is_stop_grad()]
             for start in range(0, len(items), _ADAMW_CHUNK):
@@ -400,6 +382,13 @@ class AdamW(_StateMixin, jt.optim.AdamW):
                     m.update(outs[nt + i])
                     v.update(outs[2 * nt + i])
                     p.update(outs[i])
+
+    def step(self, loss=None, retain_graph=False):
+        self.pre_step(loss, retain_graph)    # the gradients first: the fused check sees them
+        if adamw_fused_applies(self):
+            self._fused_step()
+        else:
+            self._plain_step()
         self.post_step()
 
 
