@@ -52,10 +52,14 @@ class EncoderDecoder(nn.Module):
             self.pretrained_report = load_pretrained_backbone(self.backbone, pretrained)
 
     def checkpoint_filter(self, state_dict):
-        """The backbone's checkpoint filter on its ``backbone.`` keys (see utils.checkpoint)."""
-        if not hasattr(self.backbone, "checkpoint_filter"):
-            return state_dict, []
-        return self.backbone.checkpoint_filter(state_dict, prefix="backbone.")
+        """The backbone's and the decode head's checkpoint filters on their keys (see
+        utils.checkpoint); the PointRend head's maps mmseg's cascade layout."""
+        harmless = []
+        for name, part in (("backbone", self.backbone), ("decode_head", self.decode_head)):
+            if hasattr(part, "checkpoint_filter"):
+                state_dict, dropped = part.checkpoint_filter(state_dict, prefix=name + ".")
+                harmless += dropped
+        return state_dict, harmless
 
     def set_nmf_bases(self, bases):
         """Use fixed (un-normalised) NMF bases instead of a random draw per forward.

@@ -60,9 +60,9 @@ def test_registry_builds_a_segmentor_and_a_head():
         decode_head=dict(type="CCHead", num_classes=5, channels=32)))
     assert model.cfg.backbone == "DFormer-Tiny" and model.cfg.decoder == "cc"
     assert type(model.decode_head).__name__ == "CCHead"
-    head = MODELS.build(dict(type="PSAHead", in_channels=[8], num_classes=3, channels=8,
-                             in_index=[0], mask_size=(5, 5)))
-    assert type(head).__name__ == "PSAHead"
+    head = MODELS.build(dict(type="PSAHead", in_channels=8, num_classes=3, channels=8,
+                             in_index=0, mask_size=(5, 5)))
+    assert type(head).__name__ == "PSAHead" and head.channels == 8
     cascade = MODELS.build(dict(
         type="CascadeEncoderDecoder", num_stages=2, backbone=dict(type="DFormerv2", arch="small"),
         neck=dict(type="FPN", in_channels=[64, 128, 256, 512], out_channels=256),

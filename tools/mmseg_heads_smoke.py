@@ -4,6 +4,13 @@
 
 Checks, each reported as one PASS/FAIL line:
 
+* each head against mmsegmentation's own code: the fixtures in
+  ``tests/fixtures/mmseg_heads`` (random weights, inputs and mmseg 1.2.2's outputs,
+  written once by a generator kept outside the repository, see ``meta.json``) are
+  loaded strictly through ``utils.checkpoint`` into heads built from the same mmseg
+  arguments; the state-dict keys and shapes must be mmseg's and every output must
+  match within 1e-4 * max(1, |ref|) (PointRend: coarse logits, point logits at fixed
+  points, point loss with ignored labels, the subdivision output);
 * the attention ops against direct loop-based numpy computations on small tensors:
   the PSA mask op (collect and distribute) and the full PSA aggregation, criss-cross
   attention (with the self position masked in the vertical branch), PointRend's
@@ -29,6 +36,9 @@ from utils import runtime  # noqa: E402
 runtime.setup()  # before jittor is imported
 
 HEADS = ("psa", "cc", "point")
+FIXTURES = os.path.join(REPO, "tests", "fixtures", "mmseg_heads")
+MMSEG_FIXTURES = ("psa_bidirection", "psa_collect_compact", "psa_distribute_concat", "cc_single",
+                  "cc_dilated_concat", "pointrend")
 
 
 # ----------------------------------------------------------------------------- loop references
@@ -130,7 +140,8 @@ def check_psa_aggregate():
     from models.decoders.psa_head import PSAHead
     rng = np.random.default_rng(1)
     h, w, mask = 3, 5, (5, 9)
-    head = PSAHead([4], 3, channels=6, in_index=(0,), mask_size=mask, shrink_factor=1)
+    head = PSAHead(mask_size=mask, shrink_factor=1, in_channels=4, in_index=0, channels=6,
+                   num_classes=3)
     x = rng.standard_normal((1, 6, h, w)).astype(np.float32)
     for kind, transpose in (("collect", False), ("distribute", True)):
         attention = head.attention if kind == "collect" else head.attention_p
@@ -171,6 +182,78 @@ def check_point_ops():
         assert np.allclose(np.sort(unc[b][index[b]]), np.sort(unc[b])[-6:]), "test points not the most uncertain"
         rows, cols = index[b] // 7, index[b] % 7
         assert np.allclose(points[b, :, 0], (cols + 0.5) / 7) and np.allclose(points[b, :, 1], (rows + 0.5) / 5)
+
+
+# ----------------------------------------------------------------------------- mmseg parity
+
+def read_fixture(name):
+    """(mmseg config, mmseg state dict, arrays) of one fixture."""
+    import json
+    with open(os.path.join(FIXTURES, "meta.json")) as f:
+        meta = json.load(f)[name]
+    arrays = dict(np.load(os.path.join(FIXTURES, name + ".npz")))
+    state = {k[2:]: v for k, v in arrays.items() if k.startswith("w/")}
+    assert [k for k, _ in meta["keys"]] == list(state), f"{name}: fixture keys out of order"
+    return meta, state, arrays
+
+
+def build_from_fixture(name, meta):
+    """Our head built from the fixture's mmseg arguments."""
+    from models.decoders import FPN, CCHead, FPNHead, PointHead, PointRendHead, PSAHead
+    cfg = meta["config"]
+    if name.startswith("psa"):
+        return PSAHead(**cfg)
+    if name.startswith("cc"):
+        return CCHead(**cfg)
+    coarse, point = cfg["decode_head"]
+    return PointRendHead(FPN(**cfg["neck"]), FPNHead(**coarse), PointHead(**point),
+                         test_cfg=cfg["test_cfg"])
+
+
+def assert_close(got, want, what):
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} vs mmseg {want.shape}"
+    err = np.abs(got - want) / np.maximum(1.0, np.abs(want))
+    assert err.max() <= 1e-4, f"{what}: max relative error {err.max():.2e} vs mmseg"
+    return float(err.max())
+
+
+def check_mmseg_fixture(name):
+    """Strict load of mmseg's weights, mmseg's key names and shapes, mmseg's outputs."""
+    import jittor as jt
+    from utils.checkpoint import load_state_dict
+    meta, state, arrays = read_fixture(name)
+    head = build_from_fixture(name, meta)
+    own = head.state_dict()
+    mapped = head.checkpoint_filter(state)[0] if hasattr(head, "checkpoint_filter") else state
+    ours = {k: tuple(v.shape) for k, v in own.items()}
+    theirs = {k: tuple(shape) or (1,) for k, (_, shape) in zip(mapped, meta["keys"])}
+    assert ours == theirs, (f"{name}: state dict differs from mmseg's: only ours "
+                            f"{sorted(set(ours) - set(theirs))[:5]}, only mmseg's "
+                            f"{sorted(set(theirs) - set(ours))[:5]}, shapes "
+                            f"{[k for k in ours if k in theirs and ours[k] != theirs[k]][:5]}")
+    load_state_dict(head, state, strict=True, source=f"{name}.npz")
+    head.eval()
+    feats = [jt.array(arrays[f"in/{i}"]) for i in range(sum(k.startswith("in/") for k in arrays))]
+    with jt.no_grad():
+        if not name.startswith("pointrend"):
+            err = assert_close(head(feats).numpy(), arrays["out/logits"], f"{name} logits")
+            return f"max relative error {err:.1e}"
+        fpn = head.neck(feats)
+        coarse = head.coarse_head(fpn)
+        errs = [assert_close(fpn[0].numpy(), arrays["out/fpn0"], "pointrend FPN level 0"),
+                assert_close(coarse.numpy(), arrays["out/coarse"], "pointrend coarse logits")]
+        # the point head on mmseg's own coarse logits, so the checks are independent
+        coarse = jt.array(arrays["out/coarse"])
+        points = jt.array(arrays["out/points"])
+        logits = head.point_logits(fpn, coarse, points)
+        errs.append(assert_close(logits.numpy(), arrays["out/point_logits"], "point logits"))
+        label = jt.array(arrays["out/label"].astype(np.int32))
+        loss = head.point_loss(jt.array(arrays["out/point_logits"]), points, label)
+        errs.append(assert_close(loss.numpy().reshape(()), arrays["out/point_loss"], "point loss"))
+        errs.append(assert_close(head.subdivide(fpn, coarse).numpy(), arrays["out/subdivided"],
+                                 "subdivision output"))
+    return f"max relative error {max(errs):.1e}"
 
 
 def tiny_config(decoder, size=(64, 64)):
@@ -243,7 +326,9 @@ def main(argv=None):
     if backbones == ["all"]:
         from models.encoders import BACKBONES
         backbones = list(BACKBONES)
-    checks = [("psa mask op == loops", check_psa_mask),
+    checks = [(f"{name} == mmsegmentation", lambda n=name: check_mmseg_fixture(n))
+              for name in MMSEG_FIXTURES]
+    checks += [("psa mask op == loops", check_psa_mask),
               ("psa aggregation == loops", check_psa_aggregate),
               ("criss-cross attention == loops", check_criss_cross),
               ("point sampling / test points == loops", check_point_ops)]

@@ -124,6 +124,19 @@ def backbone_state_dict(obj, source="checkpoint"):
     return out
 
 
+def remap_keys(state_dict, table):
+    """``state_dict`` with each key's leading ``old`` prefix replaced by ``new`` (first
+    matching ``(old, new)`` pair of ``table``); other keys unchanged, order kept."""
+    out = OrderedDict()
+    for key, value in state_dict.items():
+        for old, new in table:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out
+
+
 class LoadReport:
     """What happened when a state dict was loaded into a module."""
 
@@ -200,6 +213,9 @@ def load_state_dict(module, state_dict, strict=True, source="checkpoint"):
         target.update(jt.array(value.astype(str(target.dtype), copy=False)))
         if was_stopped:
             target.stop_grad()
+    # Materialise the loaded values now: a pending ``array`` op of a one-element parameter
+    # (e.g. CCHead's ``cca.gamma.scale``) fused into a broadcasting kernel fails to compile.
+    jt.sync_all()
     return report
 
 

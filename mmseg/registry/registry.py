@@ -149,6 +149,8 @@ def _head_factory(module_path, class_name):
         import importlib
         cls = getattr(importlib.import_module(module_path), class_name)
         params = inspect.signature(cls.__init__).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return cls(**kwargs)  # heads with mmseg's arguments check every key themselves
         accepted = {k: v for k, v in kwargs.items() if k in params}
         return cls(**accepted)
     build.__name__ = class_name

@@ -1,16 +1,18 @@
 """Decode heads and the config ``decoder`` string -> head registry."""
 from .ham_head import BaseDecodeHead, Hamburger, LightHamHead, NMF2D, init_decoder_weights
 from .mlp_decoder import MLPDecoder
-from .fcn_head import FCNHead
+from .decode_head import DecodeHead
+from .fcn_head import FCNHead, DFormerFCNHead
 from .uper_head import UPerHead
 from .deeplabv3plus import DeepLabV3Plus
 from .nl_head import NLHead
 from .psa_head import PSAHead, default_mask_size
 from .cc_head import CCHead
-from .point_head import PointRendHead
+from .point_head import FPN, FPNHead, PointHead, PointRendHead
 
-__all__ = ["BaseDecodeHead", "Hamburger", "LightHamHead", "NMF2D", "MLPDecoder", "FCNHead",
-           "UPerHead", "DeepLabV3Plus", "NLHead", "PSAHead", "CCHead", "PointRendHead",
+__all__ = ["BaseDecodeHead", "DecodeHead", "Hamburger", "LightHamHead", "NMF2D", "MLPDecoder",
+           "FCNHead", "DFormerFCNHead", "UPerHead", "DeepLabV3Plus", "NLHead", "PSAHead", "CCHead",
+           "FPN", "FPNHead", "PointHead", "PointRendHead",
            "DECODERS", "AUX_INDEX", "build_decode_head",
            "init_decoder_weights"]
 
@@ -20,7 +22,8 @@ AUX_INDEX = 2
 
 def _aux_fcn(channels, cfg, norm):
     """Auxiliary FCN head on backbone stage ``AUX_INDEX``."""
-    return FCNHead(channels[AUX_INDEX], num_classes=cfg.num_classes, in_index=AUX_INDEX, **norm)
+    return DFormerFCNHead(channels[AUX_INDEX], num_classes=cfg.num_classes, in_index=AUX_INDEX,
+                          **norm)
 
 
 def _build_ham(cfg, channels, norm):
@@ -50,30 +53,45 @@ def _build_nl(cfg, channels, norm):
     return head, _aux_fcn(channels, cfg, norm), 0.4
 
 
+def _norm_cfg(norm):
+    """The builder's BN settings as an mmcv ``norm_cfg`` (for the heads ported from mmseg)."""
+    return dict(type="SyncBN" if norm["sync_bn"] else "BN", eps=norm["bn_eps"],
+                momentum=norm["bn_momentum"])
+
+
+def _mmseg_head_args(cfg, channels, norm):
+    """Stages 1-3 resized to stride 8 and concatenated, 512 channels, as the DFormer heads."""
+    return dict(in_channels=channels[1:], in_index=[1, 2, 3], input_transform="resize_concat",
+                channels=512, num_classes=cfg.num_classes, norm_cfg=_norm_cfg(norm),
+                ignore_index=cfg.get("background", 255))
+
+
 def _build_psa(cfg, channels, norm):
     mask = cfg.get("psa_mask_size") or default_mask_size(cfg)
-    head = PSAHead(channels[1:], cfg.num_classes, channels=512, in_index=(1, 2, 3),
-                   mask_size=tuple(mask), psa_type=cfg.get("psa_type", "bi-direction"), **norm)
+    head = PSAHead(mask_size=tuple(int(v) for v in mask),
+                   psa_type=cfg.get("psa_type", "bi-direction"),
+                   **_mmseg_head_args(cfg, channels, norm))
     return head, _aux_fcn(channels, cfg, norm), 0.4
 
 
 def _build_cc(cfg, channels, norm):
-    head = CCHead(channels[1:], cfg.num_classes, channels=512, in_index=(1, 2, 3),
-                  recurrence=cfg.get("cc_recurrence", 2), **norm)
+    head = CCHead(recurrence=cfg.get("cc_recurrence", 2), **_mmseg_head_args(cfg, channels, norm))
     return head, _aux_fcn(channels, cfg, norm), 0.4
 
 
 def _build_point(cfg, channels, norm):
-    head = PointRendHead(channels, cfg.num_classes, ignore_index=cfg.get("background", 255),
-                         num_points=cfg.get("point_num_points", 2048),
-                         subdivision_steps=cfg.get("point_subdivision_steps", 2),
-                         subdivision_num_points=cfg.get("point_subdivision_num_points", 8196),
-                         **norm)
+    head = PointRendHead.build(
+        channels, cfg.num_classes, norm_cfg=_norm_cfg(norm),
+        ignore_index=cfg.get("background", 255),
+        train_cfg=dict(num_points=cfg.get("point_num_points", 2048)),
+        test_cfg=dict(subdivision_steps=cfg.get("point_subdivision_steps", 2),
+                      subdivision_num_points=cfg.get("point_subdivision_num_points", 8196)))
     return head, None, 0.0
 
 
 def _build_fcn(cfg, channels, norm):
-    head = FCNHead(channels[-1], kernel_size=3, num_classes=cfg.num_classes, in_index=-1, **norm)
+    head = DFormerFCNHead(channels[-1], kernel_size=3, num_classes=cfg.num_classes, in_index=-1,
+                          **norm)
     return head, None, 0.0
 
 
@@ -102,7 +120,7 @@ def build_decode_head(cfg, in_channels, sync_bn=True):
 
     Returns:
         (decode_head, aux_head or None, aux_rate). The auxiliary head is an
-        :class:`FCNHead` meant for backbone stage 2 (``AUX_INDEX``); it accepts
+        :class:`DFormerFCNHead` meant for backbone stage 2 (``AUX_INDEX``); it accepts
         the feature list or that single map. ``aux_rate`` is 0.0 without it.
         The heads are initialised once, by ``EncoderDecoder.init_weights``.
     """

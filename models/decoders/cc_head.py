@@ -10,8 +10,10 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
+from utils.errors import ConfigError
+
 from ..layers import Conv2d
-from .ham_head import BaseDecodeHead
+from .fcn_head import FCNHead
 
 __all__ = ["Scale", "CrissCrossAttention", "criss_cross", "CCHead"]
 
@@ -69,32 +71,25 @@ class CrissCrossAttention(nn.Module):
         return self.gamma(out) + x
 
 
-class CCHead(BaseDecodeHead):
-    """mmseg ``CCHead``: an FCN head (two 3x3 ConvModules, input concatenated back)
-    with ``recurrence`` passes of one shared criss-cross attention block between
-    its two convolutions.
+class CCHead(FCNHead):
+    """mmseg ``CCHead``: an :class:`FCNHead` with two convolutions and ``recurrence``
+    passes of one shared criss-cross attention block (``cca``) between them.
 
-    Selected stages are resized to the first one and concatenated (``resize_concat``).
-    Module names follow mmseg: ``convs.0``, ``cca``, ``convs.1``, ``conv_cat``, ``conv_seg``.
+    Args:
+        recurrence (int): passes of ``cca`` (2 in CCNet).
+        Others: :class:`FCNHead` (``kernel_size``, ``concat_input``, ``dilation``;
+        ``num_convs`` is fixed at 2) and mmseg's ``BaseDecodeHead`` arguments.
     """
 
-    def __init__(self, in_channels, num_classes, channels=512, in_index=(1, 2, 3), recurrence=2,
-                 kernel_size=3, concat_input=True, dropout_ratio=0.1, bn_eps=1e-3,
-                 bn_momentum=0.1, sync_bn=True, align_corners=False):
-        super().__init__(in_channels, channels, num_classes, in_index=in_index,
-                         dropout_ratio=dropout_ratio, bn_eps=bn_eps, bn_momentum=bn_momentum,
-                         sync_bn=sync_bn, align_corners=align_corners)
-        width = sum(self.in_channels)
-        self.recurrence = int(recurrence)
-        self.concat_input = concat_input
-        self.convs = nn.Sequential(self._conv_module(width, channels, kernel_size),
-                                   self._conv_module(channels, channels, kernel_size))
-        self.cca = CrissCrossAttention(channels)
-        if concat_input:
-            self.conv_cat = self._conv_module(width + channels, channels, kernel_size)
+    def __init__(self, recurrence=2, **kwargs):
+        if not isinstance(recurrence, int) or recurrence < 0:
+            raise ConfigError(f"CCHead: recurrence must be an int >= 0, got {recurrence!r}")
+        super().__init__(num_convs=2, **kwargs)
+        self.recurrence = recurrence
+        self.cca = CrissCrossAttention(self.channels)
 
-    def execute(self, feats):
-        x = self.fuse_inputs(feats)
+    def execute(self, inputs):
+        x = self.transform_inputs(inputs)
         out = self.convs[0](x)
         for _ in range(self.recurrence):
             out = self.cca(out)

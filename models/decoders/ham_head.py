@@ -10,6 +10,7 @@ from jittor import nn, init
 
 from ..layers import BatchNorm2d, Conv2d, ConvModule
 from ..ops import resize, softmax
+from utils.errors import ConfigError
 
 __all__ = ["BaseDecodeHead", "NMF2D", "Hamburger", "LightHamHead",
            "init_decoder_weights", "configure_norms"]
@@ -55,10 +56,10 @@ class BaseDecodeHead(nn.Module):
     dropout first, so they lead the state dict as in the reference.
 
     Args:
-        in_channels (Sequence[int]): channels of the selected inputs.
+        in_channels (int | Sequence[int]): channels of the selected inputs.
         channels (int): width entering ``conv_seg``.
         num_classes (int): number of output classes.
-        in_index (Sequence[int]): which backbone outputs are used.
+        in_index (int | Sequence[int]): which backbone outputs are used (ints: one).
         dropout_ratio (float): Dropout2d probability before ``conv_seg``.
         bn_eps, bn_momentum (float): BatchNorm settings of the head.
         sync_bn (bool): synchronise BN statistics across MPI processes.
@@ -68,9 +69,15 @@ class BaseDecodeHead(nn.Module):
     def __init__(self, in_channels, channels, num_classes, in_index=(1, 2, 3),
                  dropout_ratio=0.1, bn_eps=1e-3, bn_momentum=0.1, sync_bn=True,
                  align_corners=False):
-        self.in_channels = list(in_channels)
-        self.in_index = list(in_index)
-        assert len(self.in_channels) == len(self.in_index)
+        if isinstance(in_channels, int) != isinstance(in_index, int):
+            raise ConfigError(f"{type(self).__name__}: in_channels and in_index must both be ints "
+                              "(one input) or both lists")
+        # an int pair is mmseg's single input: feats[in_index], a one-map "concatenation"
+        self.in_channels = [in_channels] if isinstance(in_channels, int) else list(in_channels)
+        self.in_index = [in_index] if isinstance(in_index, int) else list(in_index)
+        if len(self.in_channels) != len(self.in_index):
+            raise ConfigError(f"{type(self).__name__}: {len(self.in_channels)} in_channels for "
+                              f"{len(self.in_index)} in_index entries")
         self.channels = channels
         self.num_classes = num_classes
         self.dropout_ratio = dropout_ratio

@@ -21,13 +21,17 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from ..layers import Conv2d, ConvModule
+from utils.checkpoint import remap_keys
+from utils.errors import ConfigError
+
 from ..ops import resize
 from ..losses import cross_entropy
-from .ham_head import configure_norms, init_decoder_weights
+from .decode_head import (DecodeHead, build_conv_module, check_act_cfg, check_conv_cfg,
+                          mmseg_init, norm_settings, normal_init)
 
 __all__ = ["point_sample", "nearest_sample", "calculate_uncertainty", "get_points_train",
-           "get_points_test", "resize_nearest", "FPN", "FPNHead", "PointHead", "PointRendHead"]
+           "get_points_test", "resize_nearest", "FPN", "FPNHead", "PointHead", "PointRendHead",
+           "MMSEG_KEY_MAP"]
 
 
 # ----------------------------------------------------------------------------- point ops
@@ -127,23 +131,74 @@ def resize_nearest(x, size):
 # ----------------------------------------------------------------------------- coarse part
 
 class FPN(nn.Module):
-    """mmseg FPN neck without norms or activations: 1x1 laterals, nearest top-down
-    sums, 3x3 output convs (all with bias)."""
+    """mmseg's ``FPN`` neck: 1x1 ``lateral_convs``, nearest top-down sums, 3x3
+    ``fpn_convs``; outputs beyond the inputs (``num_outs > len(in_channels)``) are
+    stride-2 subsamplings of the last one (mmseg's ``max_pool2d(x, 1, stride=2)``).
 
-    def __init__(self, in_channels, out_channels=256):
+    Supported: ``in_channels``, ``out_channels``, ``num_outs``, ``norm_cfg``
+    (BN / SyncBN), ``act_cfg`` (ReLU), ``no_norm_on_lateral``; the remaining mmseg
+    options only at their defaults. Conv weights start Xavier-uniform, biases 0.
+    """
+
+    def __init__(self, in_channels, out_channels, num_outs, start_level=0, end_level=-1,
+                 add_extra_convs=False, extra_convs_on_inputs=False,
+                 relu_before_extra_convs=False, no_norm_on_lateral=False, conv_cfg=None,
+                 norm_cfg=None, act_cfg=None, upsample_cfg=dict(mode="nearest"),
+                 init_cfg=dict(type="Xavier", layer="Conv2d", distribution="uniform")):
+        unsupported = {k: v for k, v in dict(
+            start_level=start_level, end_level=end_level, add_extra_convs=add_extra_convs,
+            extra_convs_on_inputs=extra_convs_on_inputs,
+            relu_before_extra_convs=relu_before_extra_convs, upsample_cfg=upsample_cfg,
+            init_cfg=init_cfg).items() if v != _FPN_DEFAULTS[k]}
+        if unsupported:
+            raise ConfigError(f"FPN: options {unsupported!r} are not supported; leave them at "
+                              "their defaults")
+        check_conv_cfg(conv_cfg, "FPN")
+        if not isinstance(in_channels, (list, tuple)):
+            raise ConfigError(f"FPN: in_channels must be a list, got {in_channels!r}")
+        if num_outs < len(in_channels):
+            raise ConfigError(f"FPN: num_outs={num_outs} is fewer than the "
+                              f"{len(in_channels)} inputs")
         self.in_channels = list(in_channels)
         self.out_channels = out_channels
+        self.num_outs = num_outs
+        norm = norm_settings(norm_cfg, "FPN")
+        act = check_act_cfg(act_cfg, "FPN")
         self.lateral_convs = nn.ModuleList([
-            ConvModule(c, out_channels, 1, norm=False, act=None) for c in self.in_channels])
+            build_conv_module(c, out_channels, 1, None if no_norm_on_lateral else norm, act)
+            for c in self.in_channels])
         self.fpn_convs = nn.ModuleList([
-            ConvModule(out_channels, out_channels, 3, padding=1, norm=False, act=None)
+            build_conv_module(out_channels, out_channels, 3, norm, act, padding=1)
             for _ in self.in_channels])
 
+    def init_weights(self):
+        mmseg_init(self)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.weight.shape[1] * int(np.prod(m.weight.shape[2:]))
+                fan_out = m.weight.shape[0] * int(np.prod(m.weight.shape[2:]))
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                m.weight.assign(jt.rand(m.weight.shape) * (2 * bound) - bound)
+                if m.bias is not None:
+                    m.bias.assign(jt.zeros(m.bias.shape))
+        return self
+
     def execute(self, feats):
+        if len(feats) != len(self.in_channels):
+            raise ValueError(f"FPN: {len(feats)} inputs for {len(self.in_channels)} in_channels")
         laterals = [conv(feats[i]) for i, conv in enumerate(self.lateral_convs)]
         for i in range(len(laterals) - 1, 0, -1):
             laterals[i - 1] = laterals[i - 1] + resize_nearest(laterals[i], laterals[i - 1].shape[2:])
-        return [conv(lat) for conv, lat in zip(self.fpn_convs, laterals)]
+        outs = [conv(lat) for conv, lat in zip(self.fpn_convs, laterals)]
+        while len(outs) < self.num_outs:
+            outs.append(outs[-1][:, :, ::2, ::2])
+        return outs
+
+
+_FPN_DEFAULTS = dict(start_level=0, end_level=-1, add_extra_convs=False,
+                     extra_convs_on_inputs=False, relu_before_extra_convs=False,
+                     upsample_cfg=dict(mode="nearest"),
+                     init_cfg=dict(type="Xavier", layer="Conv2d", distribution="uniform"))
 
 
 class _Upsample2x(nn.Module):
@@ -154,133 +209,247 @@ class _Upsample2x(nn.Module):
         return resize(x, (x.shape[2] * 2, x.shape[3] * 2), align_corners=self.align_corners)
 
 
-class FPNHead(nn.Module):
-    """mmseg ``FPNHead`` (Semantic FPN): per level, 3x3 ConvModules with x2
-    upsampling down to the first stride, summed, then ``conv_seg``."""
+class FPNHead(DecodeHead):
+    """mmseg ``FPNHead`` (Semantic FPN): per level, 3x3 ConvModules with x2 bilinear
+    upsampling down to the first stride, summed, then ``conv_seg``.
 
-    def __init__(self, in_channels, num_classes, channels=128, feature_strides=(4, 8, 16, 32),
-                 bn_eps=1e-3, bn_momentum=0.1, sync_bn=True, align_corners=False):
-        self.align_corners = align_corners
+    Args:
+        feature_strides (Sequence[int]): stride of each input, smallest first.
+        Others: mmseg's ``BaseDecodeHead`` arguments (``input_transform`` is
+        always ``"multiple_select"``).
+    """
+
+    def __init__(self, feature_strides, **kwargs):
+        if "input_transform" in kwargs:
+            raise TypeError("FPNHead() got an unexpected keyword argument 'input_transform'")
+        super().__init__(input_transform="multiple_select", **kwargs)
+        strides = list(feature_strides)
+        if len(strides) != len(self.in_channels) or min(strides) != strides[0]:
+            raise ConfigError(f"FPNHead: feature_strides {strides} must have one stride per "
+                              f"input ({len(self.in_channels)}), smallest first")
+        self.feature_strides = strides
         self.scale_heads = nn.ModuleList()
-        for i, stride in enumerate(feature_strides):
-            length = max(1, int(math.log2(stride) - math.log2(feature_strides[0])))
+        for i, stride in enumerate(strides):
+            length = max(1, int(np.log2(stride) - np.log2(strides[0])))
             layers = []
             for k in range(length):
-                conv = ConvModule(in_channels[i] if k == 0 else channels, channels, 3, padding=1,
-                                  bn_eps=bn_eps)
-                layers.append(configure_norms(conv, momentum=bn_momentum, sync=sync_bn))
-                if stride != feature_strides[0]:
-                    layers.append(_Upsample2x(align_corners))
+                layers.append(self.conv_module(self.in_channels[i] if k == 0 else self.channels,
+                                               self.channels, 3, padding=1))
+                if stride != strides[0]:
+                    layers.append(_Upsample2x(self.align_corners))
             self.scale_heads.append(nn.Sequential(*layers))
-        self.conv_seg = Conv2d(channels, num_classes, 1)
 
-    def execute(self, feats):
-        out = self.scale_heads[0](feats[0])
+    def execute(self, inputs):
+        x = self.transform_inputs(inputs)
+        out = self.scale_heads[0](x[0])
         for i in range(1, len(self.scale_heads)):
-            out = out + resize(self.scale_heads[i](feats[i]), out.shape[2:],
+            out = out + resize(self.scale_heads[i](x[i]), out.shape[2:],
                                align_corners=self.align_corners)
-        return self.conv_seg(out)
+        return self.cls_seg(out)
 
 
 # ----------------------------------------------------------------------------- point part
 
-class PointHead(nn.Module):
-    """mmseg ``PointHead``: ``num_fcs`` shared point-wise layers on [fine, coarse]
-    features (coarse logits appended again after each layer), then ``fc_seg``.
+class PointConv1d(nn.Module):
+    """``nn.Conv1d(in, out, 1)`` on (B, C, P) point features; weight (out, in, 1)."""
 
-    Points are laid out as (B, C, P, 1) so the point-wise layers are 1x1 convs.
+    def __init__(self, in_channels, out_channels):
+        bound = 1.0 / math.sqrt(in_channels)
+        self.weight = jt.rand((out_channels, in_channels, 1)) * (2 * bound) - bound
+        self.bias = jt.rand((out_channels,)) * (2 * bound) - bound
+
+    def execute(self, x):
+        return jt.matmul(self.weight[:, :, 0], x) + self.bias.reshape((1, -1, 1))
+
+
+class PointFC(nn.Module):
+    """mmcv ``ConvModule`` with ``conv_cfg=dict(type='Conv1d')``, no norm: conv (+ ReLU)."""
+
+    def __init__(self, in_channels, out_channels, act):
+        self.conv = PointConv1d(in_channels, out_channels)
+        self.act = act
+
+    def execute(self, x):
+        x = self.conv(x)
+        return nn.relu(x) if self.act is not None else x
+
+
+class PointHead(DecodeHead):
+    """mmseg ``PointHead``: ``num_fcs`` shared point-wise layers (Conv1d + bias + ReLU,
+    no norm) on [fine, coarse] point features (coarse logits appended again after
+    each layer when ``coarse_pred_each_layer``), Dropout, then ``fc_seg`` (Conv1d).
+
+    ``execute(fine, coarse)``: (B, sum(in_channels), P) and (B, K, P) -> (B, K, P).
+    Only ``conv_cfg=dict(type='Conv1d')`` and ``norm_cfg=None`` are supported.
     """
 
-    def __init__(self, in_channels, num_classes, channels=256, num_fcs=3,
-                 coarse_pred_each_layer=True, bn_eps=1e-3, bn_momentum=0.1, sync_bn=True):
+    default_init_cfg = dict(type="Normal", std=0.01, override=dict(name="fc_seg"))
+    conv_cfgs = (dict(type="Conv1d"),)
+    computes_own_loss = True
+
+    def __init__(self, num_fcs=3, coarse_pred_each_layer=True, conv_cfg=dict(type="Conv1d"),
+                 norm_cfg=None, act_cfg=dict(type="ReLU", inplace=False), **kwargs):
+        if "input_transform" in kwargs:
+            raise TypeError("PointHead() got an unexpected keyword argument 'input_transform'")
+        if norm_cfg is not None:
+            raise ConfigError(f"PointHead: norm_cfg {norm_cfg!r} is not supported (mmseg's point "
+                              "head has no norm); remove it")
+        kwargs.setdefault("init_cfg", self.default_init_cfg)
+        super().__init__(input_transform="multiple_select", conv_cfg=conv_cfg, norm_cfg=None,
+                         act_cfg=act_cfg, **kwargs)
+        self.num_fcs = num_fcs
         self.coarse_pred_each_layer = coarse_pred_each_layer
+        width = sum(self.in_channels) + self.num_classes
         self.fcs = nn.ModuleList()
-        width = in_channels + num_classes
         for _ in range(num_fcs):
-            fc = ConvModule(width, channels, 1, bn_eps=bn_eps)
-            self.fcs.append(configure_norms(fc, momentum=bn_momentum, sync=sync_bn))
-            width = channels + (num_classes if coarse_pred_each_layer else 0)
-        self.fc_seg = Conv2d(width, num_classes, 1)
+            self.fcs.append(PointFC(width, self.channels, self.act))
+            width = self.channels + (self.num_classes if coarse_pred_each_layer else 0)
+        self.fc_seg = PointConv1d(width, self.num_classes)
+        self.dropout = (nn.Dropout(self.dropout_ratio, is_train=True) if self.dropout_ratio > 0
+                        else None)
+        del self.conv_seg
+
+    def init_weights(self):
+        """mmcv ConvModule's Kaiming normal (fan_out) for ``fcs``, Normal(0.01) for ``fc_seg``."""
+        for fc in self.fcs:
+            w = fc.conv.weight
+            w.assign(jt.randn(w.shape) * math.sqrt(2.0 / w.shape[0]))
+            fc.conv.bias.assign(jt.zeros(fc.conv.bias.shape))
+        normal_init(self.fc_seg, std=0.01)
+        return self
+
+    def cls_seg(self, x):
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return self.fc_seg(x)
 
     def execute(self, fine, coarse):
-        """(B, Cf, P) and (B, K, P) point features -> (B, K, P) point logits."""
-        fine, coarse = fine.unsqueeze(3), coarse.unsqueeze(3)
         x = jt.concat([fine, coarse], dim=1)
         for fc in self.fcs:
             x = fc(x)
             if self.coarse_pred_each_layer:
                 x = jt.concat([x, coarse], dim=1)
-        return self.fc_seg(x)[:, :, :, 0]
+        return self.cls_seg(x)
+
+    def fine_point_feats(self, feats, points):
+        """Bilinear samples of the selected ``in_index`` maps at ``points``, concatenated."""
+        sampled = [point_sample(feats[i], points, self.align_corners) for i in self.in_index]
+        return sampled[0] if len(sampled) == 1 else jt.concat(sampled, dim=1)
+
+
+# mmseg's CascadeEncoderDecoder keys (left) -> this head's (right), for checkpoints.
+MMSEG_KEY_MAP = (("neck.", "neck."), ("decode_head.0.", "coarse_head."),
+                 ("decode_head.1.", "point_head."))
+
+_TRAIN_CFG = dict(num_points=2048, oversample_ratio=3, importance_sample_ratio=0.75)
+_TEST_CFG = dict(mode="whole", subdivision_steps=2, subdivision_num_points=8196, scale_factor=2)
+
+
+def _settings(given, defaults, name):
+    cfg = dict(defaults)
+    unknown = sorted(set(given or {}) - set(defaults))
+    if unknown:
+        raise ConfigError(f"PointRendHead: {name} keys {unknown} are not supported; known: "
+                          f"{sorted(defaults)}")
+    cfg.update(given or {})
+    return cfg
 
 
 class PointRendHead(nn.Module):
-    """The ``point`` decoder: FPN neck + FPN coarse head + point head (see module doc).
+    """The ``point`` decoder: mmseg's PointRend ``CascadeEncoderDecoder`` without its
+    backbone: ``neck`` (:class:`FPN`), ``coarse_head`` (mmseg ``decode_head.0``,
+    :class:`FPNHead`) and ``point_head`` (``decode_head.1``, :class:`PointHead`).
+    :data:`MMSEG_KEY_MAP` maps mmseg's checkpoint keys to these names.
+
+    Args:
+        neck, coarse_head, point_head: the three built modules.
+        train_cfg (dict): ``num_points``, ``oversample_ratio``, ``importance_sample_ratio``.
+        test_cfg (dict): ``mode`` ("whole"), ``subdivision_steps``,
+            ``subdivision_num_points``, ``scale_factor``.
 
     ``execute(feats)`` returns coarse logits (stride 4) in training and the
     subdivided logits (stride 4 / scale_factor ** subdivision_steps) in eval.
     The segmentor adds :meth:`extra_loss` (the point loss) to its pixel loss.
     """
 
-    def __init__(self, in_channels, num_classes, fpn_channels=256, coarse_channels=128,
-                 point_channels=256, num_fcs=3, num_points=2048, oversample_ratio=3,
-                 importance_sample_ratio=0.75, subdivision_steps=2, subdivision_num_points=8196,
-                 scale_factor=2, ignore_index=255, loss_weight=1.0, bn_eps=1e-3,
-                 bn_momentum=0.1, sync_bn=True, align_corners=False):
-        self.in_channels = list(in_channels)
-        self.num_classes = num_classes
-        self.num_points = num_points
-        self.oversample_ratio = oversample_ratio
-        self.importance_sample_ratio = importance_sample_ratio
-        self.subdivision_steps = subdivision_steps
-        self.subdivision_num_points = subdivision_num_points
-        self.scale_factor = scale_factor
-        self.ignore_index = ignore_index
-        self.loss_weight = loss_weight
-        self.align_corners = align_corners
-        self.bn_eps, self.bn_momentum = bn_eps, bn_momentum
-        norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, sync_bn=sync_bn)
-        self.neck = FPN(self.in_channels, fpn_channels)
-        self.coarse_head = FPNHead([fpn_channels] * len(self.in_channels), num_classes,
-                                   channels=coarse_channels, align_corners=align_corners, **norm)
-        self.point_head = PointHead(fpn_channels, num_classes, channels=point_channels,
-                                    num_fcs=num_fcs, **norm)
+    def __init__(self, neck, coarse_head, point_head, train_cfg=None, test_cfg=None):
+        train = _settings(train_cfg, _TRAIN_CFG, "train_cfg")
+        test = _settings(test_cfg, _TEST_CFG, "test_cfg")
+        if test["mode"] != "whole":
+            raise ConfigError(f"PointRendHead: test_cfg mode {test['mode']!r} is not supported; "
+                              "use 'whole'")
+        self.neck = neck
+        self.coarse_head = coarse_head
+        self.point_head = point_head
+        self.num_classes = point_head.num_classes
+        self.num_points = int(train["num_points"])
+        self.oversample_ratio = train["oversample_ratio"]
+        self.importance_sample_ratio = train["importance_sample_ratio"]
+        self.subdivision_steps = int(test["subdivision_steps"])
+        self.subdivision_num_points = int(test["subdivision_num_points"])
+        self.scale_factor = test["scale_factor"]
+        self.align_corners = point_head.align_corners
         self._cache = None
 
+    @classmethod
+    def build(cls, in_channels, num_classes, norm_cfg=None, ignore_index=255, train_cfg=None,
+              test_cfg=None):
+        """mmseg's ``pointrend_r50`` layout on backbone widths ``in_channels``."""
+        neck = FPN(list(in_channels), 256, num_outs=4)
+        coarse = FPNHead(in_channels=[256] * 4, in_index=[0, 1, 2, 3],
+                         feature_strides=[4, 8, 16, 32], channels=128, dropout_ratio=-1,
+                         num_classes=num_classes, norm_cfg=norm_cfg, ignore_index=ignore_index)
+        point = PointHead(in_channels=[256], in_index=[0], channels=256, num_fcs=3,
+                          coarse_pred_each_layer=True, dropout_ratio=-1,
+                          num_classes=num_classes, ignore_index=ignore_index)
+        return cls(neck, coarse, point, train_cfg=train_cfg, test_cfg=test_cfg)
+
+    def checkpoint_filter(self, state_dict, prefix=""):
+        """mmseg's cascade keys (``neck.``, ``decode_head.0.``, ``decode_head.1.``) renamed
+        to this head's; ``prefix`` is this head's key prefix in ``state_dict``."""
+        return remap_keys(state_dict, [(old, prefix + new) for old, new in MMSEG_KEY_MAP]), []
+
     def init_weights(self):
-        init_decoder_weights(self, self.bn_eps, self.bn_momentum)
-        # mmseg: normal(std=0.001) for the point classifier, as for every ``cls_seg``
-        fc = self.point_head.fc_seg
-        fc.weight.assign(jt.randn(fc.weight.shape) * 0.001)
-        fc.bias.assign(jt.zeros(fc.bias.shape))
+        for part in (self.neck, self.coarse_head, self.point_head):
+            part.init_weights()
         return self
 
-    def _point_logits(self, fine_map, coarse_map, points):
-        fine = point_sample(fine_map, points, self.align_corners)
-        coarse = point_sample(coarse_map, points, self.align_corners)
-        return self.point_head(fine, coarse)
+    def point_logits(self, fpn, coarse, points):
+        """Point head logits at ``points`` (B, P, 2) from the FPN levels and coarse logits."""
+        fine = self.point_head.fine_point_feats(fpn, points)
+        return self.point_head(fine, point_sample(coarse, points, self.align_corners))
 
     def execute(self, feats):
         fpn = self.neck(feats)
         coarse = self.coarse_head(fpn)
         if self.is_training():
-            self._cache = (fpn[0], coarse)
+            self._cache = (fpn, coarse)
             return coarse
         self._cache = None
-        return self.subdivide(fpn[0], coarse)
+        return self.subdivide(fpn, coarse)
 
-    def subdivide(self, fine_map, coarse):
+    def subdivide(self, fpn, coarse):
         """Subdivision inference (module doc)."""
         refined = coarse
         for _ in range(self.subdivision_steps):
             h, w = refined.shape[2:]
-            refined = resize(refined, (h * self.scale_factor, w * self.scale_factor),
+            refined = resize(refined, (int(h * self.scale_factor), int(w * self.scale_factor)),
                              align_corners=self.align_corners)
             b, c, h, w = refined.shape
             index, points = get_points_test(refined, self.subdivision_num_points)
-            point_logits = self._point_logits(fine_map, coarse, points)
-            refined = _scatter_points(refined.reshape((b, c, h * w)), index, point_logits)
+            logits = self.point_logits(fpn, coarse, points)
+            refined = _scatter_points(refined.reshape((b, c, h * w)), index, logits)
             refined = refined.reshape((b, c, h, w))
         return refined
+
+    def point_loss(self, logits, points, label):
+        """Cross-entropy of point ``logits`` (B, K, P) against ``label`` (B, H, W) sampled
+        (nearest) at ``points``, averaged over all points (ignored ones count as 0, mmseg's
+        ``avg_non_ignore=False``), times the point head's ``loss_weight``."""
+        target = nearest_sample(label, points).stop_grad()             # (B, P)
+        total = cross_entropy(logits.unsqueeze(3), target.unsqueeze(2),
+                              ignore_index=self.point_head.ignore_index, reduction="sum")
+        return total * (self.point_head.loss_weight / (target.shape[0] * target.shape[1]))
 
     def extra_loss(self, label):
         """Point loss of the last training forward, against ``label`` (B, H, W)."""
@@ -288,14 +457,11 @@ class PointRendHead(nn.Module):
             if not self.is_training():  # a loss asked of an eval-mode forward: pixel loss only
                 return jt.zeros((1,), dtype="float32")
             raise RuntimeError("PointRendHead.extra_loss needs a training-mode forward first.")
-        fine_map, coarse = self._cache
+        fpn, coarse = self._cache
         self._cache = None
         points = get_points_train(coarse, self.num_points, self.oversample_ratio,
                                   self.importance_sample_ratio)
-        logits = self._point_logits(fine_map, coarse, points)          # (B, K, P)
-        target = nearest_sample(label, points).stop_grad()             # (B, P)
-        loss = cross_entropy(logits.unsqueeze(3), target.unsqueeze(2), ignore_index=self.ignore_index)
-        return loss * self.loss_weight
+        return self.point_loss(self.point_logits(fpn, coarse, points), points, label)
 
 
 def _scatter_points(flat, index, values):

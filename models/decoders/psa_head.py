@@ -21,9 +21,11 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
+from utils.errors import ConfigError
+
 from ..ops import resize
 from ..layers import Conv2d
-from .ham_head import BaseDecodeHead
+from .decode_head import DecodeHead
 
 __all__ = ["psa_mask_index", "psa_mask", "PSAHead", "default_mask_size"]
 
@@ -90,54 +92,61 @@ def default_mask_size(cfg, stride=8, shrink_factor=2):
     return tuple(sides)
 
 
-class PSAHead(BaseDecodeHead):
-    """Point-wise spatial attention head (mmseg ``PSAHead``).
+class PSAHead(DecodeHead):
+    """mmseg ``PSAHead`` (point-wise spatial attention).
 
-    The selected backbone stages are resized to the first one and concatenated
-    (mmseg's ``resize_concat``). ``reduce`` (1x1) -> shrink by ``shrink_factor``
-    -> ``attention`` (1x1 ConvModule, 1x1 conv to mask_h*mask_w) -> PSA mask ->
-    softmax over the source positions -> aggregation; the ``bi-direction`` type
-    has a second (``reduce_p`` / ``attention_p``) distribute branch. ``proj``
-    maps back to the input width, the result is upsampled, concatenated with the
-    input and fused by ``bottleneck`` (3x3) before ``conv_seg``.
+    ``reduce`` (1x1) -> shrink by ``shrink_factor`` -> ``attention`` (1x1
+    ConvModule, 1x1 conv to mask_h*mask_w) -> PSA mask -> softmax over the
+    source positions -> aggregation; the ``bi-direction`` type has a second
+    (``reduce_p`` / ``attention_p``) distribute branch. ``proj`` (1x1 ConvModule
+    with padding 1, as in mmseg: its output has a one-pixel border of
+    ``act(norm(bias))``) maps back to the input width and is resized to the
+    input size, concatenated with the input and fused by ``bottleneck`` (3x3)
+    before ``conv_seg``.
 
-    Args (besides :class:`BaseDecodeHead`'s):
-        mask_size (tuple): attention window (mask_h, mask_w), odd sizes.
+    Args:
+        mask_size (tuple[int, int]): attention window (mask_h, mask_w); required.
         psa_type (str): "collect", "distribute" or "bi-direction".
         compact (bool): predict the dense (H*W) attention directly (only when
             the window covers the map exactly, mask = (H, W)), no mask op.
         shrink_factor (int): spatial reduction before the attention.
-        normalization_factor (float): the aggregation is divided by it.
+        normalization_factor (float | None): the aggregation is divided by it;
+            None means mask_h * mask_w.
         psa_softmax (bool): softmax over the source positions.
+        Others: :class:`~models.decoders.decode_head.DecodeHead`.
     """
 
-    def __init__(self, in_channels, num_classes, channels=512, in_index=(1, 2, 3),
-                 mask_size=(59, 79), psa_type="bi-direction", compact=False, shrink_factor=2,
-                 normalization_factor=1.0, psa_softmax=True, dropout_ratio=0.1, bn_eps=1e-3,
-                 bn_momentum=0.1, sync_bn=True, align_corners=False):
-        super().__init__(in_channels, channels, num_classes, in_index=in_index,
-                         dropout_ratio=dropout_ratio, bn_eps=bn_eps, bn_momentum=bn_momentum,
-                         sync_bn=sync_bn, align_corners=align_corners)
+    def __init__(self, mask_size, psa_type="bi-direction", compact=False, shrink_factor=2,
+                 normalization_factor=1.0, psa_softmax=True, **kwargs):
+        owner = type(self).__name__
         if psa_type not in PSA_TYPES:
-            raise ValueError(f"psa_type must be one of {PSA_TYPES}, got {psa_type!r}")
+            raise ConfigError(f"{owner}: psa_type must be one of {PSA_TYPES}, got {psa_type!r}")
+        if (not isinstance(mask_size, (list, tuple)) or len(mask_size) != 2
+                or not all(isinstance(v, int) and v > 0 for v in mask_size)):
+            raise ConfigError(f"{owner}: mask_size must be two positive ints (mask_h, mask_w), "
+                              f"got {mask_size!r}")
+        if not isinstance(shrink_factor, int) or shrink_factor < 1:
+            raise ConfigError(f"{owner}: shrink_factor must be an int >= 1, got {shrink_factor!r}")
+        super().__init__(**kwargs)
         self.psa_type = psa_type
         self.mask_size = (int(mask_size[0]), int(mask_size[1]))
-        self.compact = compact
-        self.shrink_factor = int(shrink_factor)
-        self.normalization_factor = float(normalization_factor)
-        self.psa_softmax = psa_softmax
-        width = sum(self.in_channels)
+        self.compact = bool(compact)
+        self.shrink_factor = shrink_factor
         mask_channels = self.mask_size[0] * self.mask_size[1]
-        self.reduce = self._conv_module(width, channels, 1)
-        self.attention = nn.Sequential(self._conv_module(channels, channels, 1),
+        self.normalization_factor = float(mask_channels if normalization_factor is None
+                                          else normalization_factor)
+        self.psa_softmax = bool(psa_softmax)
+        width, channels = self.in_channels, self.channels
+        self.reduce = self.conv_module(width, channels, 1)
+        self.attention = nn.Sequential(self.conv_module(channels, channels, 1),
                                        Conv2d(channels, mask_channels, 1, bias=False))
         if psa_type == "bi-direction":
-            self.reduce_p = self._conv_module(width, channels, 1)
-            self.attention_p = nn.Sequential(self._conv_module(channels, channels, 1),
+            self.reduce_p = self.conv_module(width, channels, 1)
+            self.attention_p = nn.Sequential(self.conv_module(channels, channels, 1),
                                              Conv2d(channels, mask_channels, 1, bias=False))
         branches = 2 if psa_type == "bi-direction" else 1
-        self.proj = self._conv_module(channels * branches, width, 1)
-        self.bottleneck = self._conv_module(width * 2, channels, 3)
+        self.proj = self.conv_module(channels * branches, width, 1, padding=1)
+        self.bottleneck = self.conv_module(width * 2, channels, 3, padding=1)
 
     def _shrink(self, x):
         """mmseg's rule: both sides odd-divisible -> ceil with align_corners, else floor."""
@@ -168,7 +177,7 @@ class PSAHead(BaseDecodeHead):
         return out.reshape((b, c, h, w)) * (1.0 / self.normalization_factor)
 
     def execute(self, feats):
-        x = self.fuse_inputs(feats)
+        x = self.transform_inputs(feats)
         identity = x
         if self.psa_type in ("collect", "distribute"):
             out, corners = self._shrink(self.reduce(x))
