@@ -216,13 +216,15 @@ class _StateMixin:
 # contracted or turned into reciprocal approximations), so the results are the same
 # bit for bit; elsewhere a plain loop gives them to float rounding.
 _ADAMW_CHUNK = 64
+# (Jittor puts its input macros after the header's last #include: that one must not be
+# inside the #if, or CPUs without AVX-512 compile the kernel without them.)
 _ADAMW_HEADER = r"""
-#include <cmath>
-#include <vector>
-#include <algorithm>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
+#include <cmath>
+#include <vector>
+#include <algorithm>
 static inline void adamw_span(const float* __restrict__ p, const float* __restrict__ g,
                               const float* __restrict__ m, const float* __restrict__ v,
                               float* __restrict__ po, float* __restrict__ mo,
