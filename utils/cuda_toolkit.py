@@ -32,6 +32,7 @@ import sys
 STATUS = "not checked"
 USABLE = False
 
+_STANDARD_NVCC = ("/usr/local/cuda/bin/nvcc", "/opt/cuda/bin/nvcc")
 _ARCH = "aarch64" if os.uname().machine in ("aarch64", "arm64") else "x86_64"
 
 
@@ -64,8 +65,7 @@ def find_nvcc(env=None):
         if env.get(var):
             candidates.append(os.path.join(env[var], "bin", "nvcc"))
     on_path = shutil.which("nvcc", path=env.get("PATH", os.defpath))
-    candidates += ([on_path] if on_path else []) + ["/usr/local/cuda/bin/nvcc",
-                                                     "/opt/cuda/bin/nvcc"]
+    candidates += ([on_path] if on_path else []) + list(_STANDARD_NVCC)
     found = [c for c in candidates if os.path.isfile(c) and os.access(c, os.X_OK)]
     # a wrapper script on the PATH (say /usr/local/bin/nvcc) does not lead Jittor to the
     # headers and libraries: prefer an nvcc that sits in its toolkit
@@ -267,6 +267,7 @@ def configure(has_driver, cache_root):
     """Set Jittor's CUDA variables in ``os.environ`` (before ``import jittor``); ``cache_root``
     is Jittor's cache folder (for the NCCL library link)."""
     global STATUS, USABLE
+    USABLE = False
     if os.environ.get("DFORMER_CUDA", "1") == "0":
         os.environ["nvcc_path"] = ""
         STATUS = "hidden (DFORMER_CUDA=0)"
