@@ -35,7 +35,10 @@ def machine(tmp_path, monkeypatch):
     _touch(str(site / "nvidia" / "nccl" / "include" / "nccl.h"))
     _touch(str(site / "nvidia" / "nccl" / "lib" / "libnccl.so.2"))
     env = {"CUDA_HOME": str(cuda), "PATH": ""}
-    return env, str(tmp_path / "cache"), [str(site)], cuda, wheel
+    saved = dict(os.environ)    # configure() sets variables monkeypatch does not know of
+    yield env, str(tmp_path / "cache"), [str(site)], cuda, wheel
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_wheels_complete_the_toolkit_in_a_folder_jittor_reads(machine):
@@ -105,3 +108,24 @@ def test_configure_never_leaves_jittor_a_download(machine, monkeypatch):
     monkeypatch.delenv("nvcc_path")
     cuda_toolkit.configure(False, cache)
     assert os.environ["nvcc_path"] == "" and cuda_toolkit.STATUS == "no CUDA driver"
+
+
+def test_mpi_ranks_get_their_own_gpu_without_nccl(machine, monkeypatch):
+    env, cache, sites, cuda, wheel = machine
+    for key in ("nvcc_path", "use_nccl", "nccl_include_path", "nccl_lib_path",
+                "CUDA_VISIBLE_DEVICES", "DFORMER_CUDA"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("CUDA_HOME", env["CUDA_HOME"])
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1")
+    monkeypatch.setattr(cuda_toolkit, "_site_package_dirs", lambda: sites)
+    # NCCL from the wheel: Jittor's NCCL set-up picks the GPU, nothing to do
+    cuda_toolkit.configure(True, cache)
+    assert cuda_toolkit.USABLE and "CUDA_VISIBLE_DEVICES" not in os.environ
+    # no NCCL anywhere: the rank's GPU through CUDA_VISIBLE_DEVICES
+    for key in ("nvcc_path", "use_nccl", "nccl_include_path", "nccl_lib_path"):
+        monkeypatch.delenv(key, raising=False)
+    for name in os.listdir(os.path.join(sites[0], "nvidia", "nccl", "lib")):
+        os.unlink(os.path.join(sites[0], "nvidia", "nccl", "lib", name))
+    cuda_toolkit.configure(True, cache)
+    assert os.environ["use_nccl"] == "0" and os.environ["CUDA_VISIBLE_DEVICES"] == "1"

@@ -28,8 +28,10 @@ def test_cpu_check_passes_with_real_numbers(tmp_path):
     assert env["device"] == "cpu" and env["jittor"].startswith("1.3.") and env["smoke_sum"] == 12.0
 
     parity = checks["parity"]
-    assert parity["counts"].get("passed", 0) >= 2 and not parity["counts"].get("failed")
     assert "tests/test_parity.py" in parity["files"]
+    assert len(parity["runs"]) == 2      # fused kernels, and the plain path CUDA runs
+    for run in parity["runs"].values():
+        assert run["counts"].get("passed", 0) >= 2 and not run["counts"].get("failed")
 
     train = checks["train"]
     losses = train["losses"]

@@ -138,16 +138,30 @@ def check_environment(opts):
 
 
 def check_parity(opts):
+    """The parity tests on the device; on the CPU a second time with the fused kernels off,
+    which is the formulation CUDA runs."""
     files = ["tests/test_parity.py"] + sorted(
         os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "tests", "test_*parity*.py"))
         if not p.endswith("test_parity.py"))
-    env = {"DFORMER_TEST_DEVICE": opts.device, "DFORMER_FUSED_KERNELS": "1"}
-    rc, text, secs, _ = Run(_py("-m", "pytest", "-q", "-p", "no:cacheprovider", *files,
-                                "-k", opts.parity_filter), opts.log("parity"), env=env,
-                            timeout=opts.timeout).wait()
-    counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error)", text)}
-    return {"ok": rc == 0 and counts.get("passed", 0) > 0, "files": files, "counts": counts,
-            "seconds": round(secs, 1), **({} if rc == 0 else {"error": _tail(text)})}
+    runs = [("fused" if opts.device == "cpu" else "cuda", "1")]
+    if opts.device == "cpu":
+        runs.append(("plain (the CUDA formulation)", "0"))
+    res = {"files": files, "ok": True, "runs": {}}
+    for name, fused in runs:
+        env = {"DFORMER_TEST_DEVICE": opts.device, "DFORMER_FUSED_KERNELS": fused}
+        rc, text, secs, _ = Run(_py("-m", "pytest", "-q", "-p", "no:cacheprovider", *files,
+                                    "-k", opts.parity_filter),
+                                opts.log("parity_" + name.split()[0]), env=env,
+                                timeout=opts.timeout).wait()
+        counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)",
+                                                    text)}
+        run = {"counts": counts, "seconds": round(secs, 1),
+               "ok": rc == 0 and counts.get("passed", 0) > 0}
+        if not run["ok"]:
+            run["error"] = _tail(text)
+        res["runs"][name] = run
+        res["ok"] = res["ok"] and run["ok"]
+    return res
 
 
 def _tensorboard_losses(run_dir):
@@ -364,8 +378,9 @@ def summary(report):
                      f"device {e.get('device')}, CUDA: {e.get('cuda_setup')}"
                      + (f", GPU {e['gpu']}" if e.get("gpu") else ""))
     if "parity" in c:
-        lines.append(f"  parity       {'ok' if c['parity']['ok'] else 'FAIL'}: "
-                     f"{c['parity']['counts']} ({', '.join(c['parity']['files'])})")
+        runs = "; ".join(f"{name}: {r['counts']}" for name, r in c["parity"]["runs"].items())
+        lines.append(f"  parity       {'ok' if c['parity']['ok'] else 'FAIL'}: {runs} "
+                     f"({', '.join(c['parity']['files'])})")
     for name in ("train", "train_amp"):
         if name in c:
             t = c[name]

@@ -14,7 +14,8 @@ import. :func:`configure` therefore decides everything before Jittor looks:
   ``conv_opt=1`` makes Jittor skip cuDNN and run convolutions with its own CUDA kernels.
 * cutt and CUTLASS are switched off (``use_cutt=0``, ``use_cutlass=0``; Jittor has its own
   transposes and matrix products); NCCL (only used under MPI) comes from ``$nccl_*_path``
-  or a PyTorch ``nvidia-nccl`` wheel, else ``use_nccl=0``.
+  or a PyTorch ``nvidia-nccl`` wheel, else ``use_nccl=0`` (then each MPI process is given
+  the GPU of its local rank through ``CUDA_VISIBLE_DEVICES``, which NCCL would otherwise do).
 
 When a driver exists but the toolkit is incomplete, ``nvcc_path`` is set to empty (the CPU
 is used, nothing is downloaded) and :data:`STATUS` names what is missing;
@@ -263,6 +264,22 @@ def inspect(env=None, cache_root=None, site_dirs=None):
     return res
 
 
+_LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
+                    "SLURM_LOCALID")
+
+
+def _bind_mpi_rank_without_nccl():
+    """One GPU per MPI process when NCCL is off. Jittor selects a rank's GPU only while
+    setting up NCCL (``cudaSetDevice(local rank)``); without it every rank would run on GPU 0.
+    ``CUDA_VISIBLE_DEVICES`` set by the user or the launcher is kept."""
+    if os.environ.get("use_nccl") != "0" or "CUDA_VISIBLE_DEVICES" in os.environ:
+        return
+    rank = next((os.environ[v] for v in _LOCAL_RANK_VARS if os.environ.get(v, "").isdigit()),
+                None)
+    if rank is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = rank
+
+
 def configure(has_driver, cache_root):
     """Set Jittor's CUDA variables in ``os.environ`` (before ``import jittor``); ``cache_root``
     is Jittor's cache folder (for the NCCL library link)."""
@@ -286,6 +303,7 @@ def configure(has_driver, cache_root):
         return
     for key, value in res["env"].items():
         os.environ.setdefault(key, value)
+    _bind_mpi_rank_without_nccl()
     USABLE = True
     major, minor = res["version"]
     STATUS = f"nvcc {major}.{minor} at {res['nvcc']}, cuDNN: {res['cudnn']}"
