@@ -78,17 +78,29 @@ class Run:
             self._thread.start()
 
     def _poll_gpu(self):
+        """Peak GPU memory of the child: its own line in nvidia-smi's process list, or (in a
+        container, where nvidia-smi may not see its PIDs) the GPU's use above the start."""
+        base, peak_total = None, 0
         while not self._stop.wait(0.5):
             try:
-                q = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
-                                    "--format=csv,noheader,nounits"], capture_output=True,
-                                   text=True, timeout=10).stdout
+                apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                                       "--format=csv,noheader,nounits"], capture_output=True,
+                                      text=True, timeout=10).stdout
+                total = subprocess.run(["nvidia-smi", "--query-gpu=memory.used",
+                                        "--format=csv,noheader,nounits"], capture_output=True,
+                                       text=True, timeout=10).stdout.split()
             except (OSError, subprocess.SubprocessError):
                 return
-            for line in q.splitlines():
-                parts = [p.strip() for p in line.split(",")]
-                if len(parts) == 2 and parts[0] == str(self.proc.pid) and parts[1].isdigit():
-                    self.peak_gpu_mb = max(self.peak_gpu_mb or 0, int(parts[1]))
+            own = [int(p[1]) for p in (line.split(",") for line in apps.splitlines())
+                   if len(p) == 2 and p[0].strip() == str(self.proc.pid)
+                   and p[1].strip().isdigit()]
+            if own:
+                self.peak_gpu_mb = max(self.peak_gpu_mb or 0, own[0])
+            elif total and total[0].isdigit():
+                base = int(total[0]) if base is None else base
+                peak_total = max(peak_total, int(total[0]) - base)
+                if self.peak_gpu_mb is None or self.peak_gpu_mb < peak_total:
+                    self.peak_gpu_mb = peak_total
 
     def wait(self):
         """(return code, output text, seconds, peak RSS in MB); kills the child at the timeout."""
