@@ -26,6 +26,7 @@ import glob
 import json
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -69,8 +70,10 @@ class Run:
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         self.start = time.time()
         with open(log, "w") as out:
+            # its own process group: a timeout ends the compilers it started too
             self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, text=True)
+                                         stderr=subprocess.STDOUT, text=True,
+                                         start_new_session=True)
         self.peak_gpu_mb = None
         self._stop = threading.Event()
         if gpu:
@@ -102,23 +105,38 @@ class Run:
                 if self.peak_gpu_mb is None or self.peak_gpu_mb < peak_total:
                     self.peak_gpu_mb = peak_total
 
+    def _kill(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
     def wait(self):
-        """(return code, output text, seconds, peak RSS in MB); kills the child at the timeout."""
+        """(return code, output text, seconds, peak RSS in MB); kills the child at the timeout
+        (return code 124) or when this command is interrupted."""
         deadline = self.start + self.timeout
         rusage = None
-        while rusage is None:
-            pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
-            if pid:
-                rusage, self.proc.returncode = usage, os.waitstatus_to_exitcode(status)
-            elif time.time() > deadline:
-                self.proc.kill()
-                _, status, rusage = os.wait4(self.proc.pid, 0)
-                self.proc.returncode = 124
-            else:
-                time.sleep(0.2)
-        self._stop.set()
+        try:
+            while rusage is None:
+                pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+                if pid:
+                    rusage, self.proc.returncode = usage, os.waitstatus_to_exitcode(status)
+                elif time.time() > deadline:
+                    self._kill()
+                    _, status, rusage = os.wait4(self.proc.pid, 0)
+                    self.proc.returncode = 124
+                else:
+                    time.sleep(0.2)
+        except BaseException:
+            self._kill()
+            raise
+        finally:
+            self._stop.set()
+        self._kill()   # whatever the child left running in its group
         with open(self.log, errors="replace") as f:
             text = f.read()
+        if self.proc.returncode == 124:
+            text += f"\n[gpu_check] killed after {self.timeout} s (--timeout); log: {self.log}\n"
         return self.proc.returncode, text, time.time() - self.start, rusage.ru_maxrss / 1024
 
 
@@ -348,6 +366,12 @@ def parse_args(argv):
     if quick:   # test_e2e's batch: its compiled kernels are reused in CI
         opts.train_options = ["--batch-size-override", "2"] + opts.train_options
     opts.parity_filter = "bundled" if quick else "bundled or train"
+    if opts.device == "cuda":
+        # nvcc takes seconds per kernel and a model's first steps need hundreds: compile them
+        # with Jittor's pool of compilers (utils/runtime.py keeps one g++ at a time on the CPU,
+        # where forks from threaded processes were seen to hang; every child here has a
+        # timeout, so a hang fails its check instead of the command).
+        os.environ.setdefault("DFORMER_PARALLEL_COMPILE", "1")
     opts.out = os.path.abspath(opts.out)
     os.makedirs(opts.out, exist_ok=True)
     opts.log = lambda name: os.path.join(opts.out, f"{name}.log")
@@ -355,8 +379,8 @@ def parse_args(argv):
 
 
 def run_checks(opts):
-    report = {"device": opts.device, "quick": opts.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "checks": {}}
+    report = {"device": opts.device, "quick": opts.quick,
+              "started": time.strftime("%Y-%m-%d %H:%M:%S"), "checks": {}}
     t0 = time.time()
     checks = report["checks"]
     if "environment" in opts.checks:
