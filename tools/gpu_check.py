@@ -178,7 +178,8 @@ def check_parity(opts):
         runs.append(("plain (the CUDA formulation)", "0"))
     res = {"files": files, "ok": True, "runs": {}}
     for name, fused in runs:
-        env = {"DFORMER_TEST_DEVICE": opts.device, "DFORMER_FUSED_KERNELS": fused}
+        env = {"DFORMER_TEST_DEVICE": opts.device, "DFORMER_FUSED_KERNELS": fused,
+               "NVIDIA_TF32_OVERRIDE": "0"}   # no TF32 in cuBLAS/cuDNN either
         rc, text, secs, _ = Run(_py("-m", "pytest", "-q", "-p", "no:cacheprovider", *files,
                                     "-k", opts.parity_filter),
                                 opts.log("parity_" + name.split()[0]), env=env,
