@@ -8,7 +8,9 @@ import. :func:`configure` therefore decides everything before Jittor looks:
 * ``nvcc``: ``$nvcc_path``, else ``$CUDA_HOME/bin``, the PATH, ``/usr/local/cuda/bin``,
   ``/opt/cuda/bin``. Jittor takes the toolkit folder from the real path of ``nvcc`` and
   needs ``<toolkit>/include/cuda_runtime.h`` and ``<toolkit>/lib64/libcudart.so`` there,
-  and the cuBLAS and cuRAND headers and libraries in its search folders.
+  and the cuBLAS and cuRAND headers and libraries in its search folders. Those the toolkit
+  lacks are taken from PyTorch's ``nvidia-*`` wheels: Jittor is then given a merged toolkit
+  folder of links (``<jittor cache>/dformer_cuda/toolkit-*``).
 * cuDNN: Jittor's cuDNN operators are written against cuDNN 8 (its split
   ``libcudnn_*_infer/train`` libraries); with no cuDNN 8 in Jittor's search folders,
   ``conv_opt=1`` makes Jittor skip cuDNN and run convolutions with its own CUDA kernels.
@@ -232,8 +234,12 @@ def inspect(env=None, cache_root=None, site_dirs=None):
             res["missing"].append("cuBLAS/cuRAND come from wheels but no cache folder was given")
             return res
         res["from_wheels"] = sorted(headers) + sorted(libraries.values())
-        nvcc = _merged_toolkit(os.path.join(cache_root, "dformer_cuda"), nvcc, home, headers,
-                               libraries)
+        try:
+            nvcc = _merged_toolkit(os.path.join(cache_root, "dformer_cuda"), nvcc, home,
+                                   headers, libraries)
+        except OSError as exc:
+            res["missing"].append(f"cannot write the merged toolkit folder: {exc}")
+            return res
         res["nvcc"] = nvcc
         libs = _lib_dirs(_toolkit_home(nvcc), nvcc)
         incs = _include_dirs(_toolkit_home(nvcc))
@@ -255,8 +261,11 @@ def inspect(env=None, cache_root=None, site_dirs=None):
     out["use_cutlass"] = env.get("use_cutlass", "0")
     if not (env.get("nccl_include_path") and env.get("nccl_lib_path")) and \
             env.get("use_nccl", "1") != "0":
-        nccl = _wheel_nccl(os.path.join(cache_root, "dformer_cuda"), site_dirs) \
-            if cache_root else None
+        try:
+            nccl = _wheel_nccl(os.path.join(cache_root, "dformer_cuda"), site_dirs) \
+                if cache_root else None
+        except OSError:
+            nccl = None
         if nccl:
             out["nccl_include_path"], out["nccl_lib_path"] = nccl
         else:
