@@ -43,9 +43,14 @@ def fused_kernels_enabled():
     return _state["enabled"]
 
 
+def on_cuda():
+    """True while Jittor executes on the GPU (the fused kernels are CPU code)."""
+    return bool(jt.flags.use_cuda)
+
+
 def fused_for(*tensors):
     """True when a fused kernel may run on ``tensors``: switched on, CPU, float32."""
-    return (_state["enabled"] and not jt.flags.use_cuda
+    return (_state["enabled"] and not on_cuda()
             and all(str(t.dtype) == "float32" for t in tensors))
 
 
