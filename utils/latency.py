@@ -6,7 +6,7 @@
 The model (random weights, eval mode, fixed NMF bases so runs are comparable) runs
 under no_grad on random RGB and depth inputs; each forward is timed up to
 ``jt.sync_all(True)``. The first call (kernel compilation) is reported apart.
-Runs on CUDA when Jittor finds one, else on the CPU.
+Runs on CUDA when Jittor finds one, else on the CPU (``--device`` chooses).
 
 Unlike the reference's utils/latency.py (training mode, 100 warm-up and 300 timed
 runs on a GPU, mean only), this measures eval mode and reports mean, median, min.
@@ -72,13 +72,17 @@ def matmul_peak_gflops(n=None, runs=5):
     return 2.0 * n ** 3 / best / 1e9
 
 
+def _use_cuda(device):
+    return None if device in (None, "auto") else device == "cuda"
+
+
 def measure(config, shape=(480, 640), batch=1, warmup=3, iters=10, efficiency=False,
-            cfg_options=None):
+            cfg_options=None, device="auto"):
     """Latency figures of ``config`` as a dict (times in ms, first call in s)."""
     from utils.config import load_config
     from models.builder import EncoderDecoder
 
-    device = runtime.init_device()
+    device = runtime.init_device(_use_cuda(device))
     cfg = load_config(config, cfg_options)
     model = EncoderDecoder(cfg, load_pretrained=False)
     model.eval()
@@ -115,7 +119,8 @@ def measure(config, shape=(480, 640), batch=1, warmup=3, iters=10, efficiency=Fa
     return res
 
 
-def measure_train(config, shape=(240, 320), batch=2, warmup=1, iters=5, cfg_options=None):
+def measure_train(config, shape=(240, 320), batch=2, warmup=1, iters=5, cfg_options=None,
+                  device="auto"):
     """Seconds per training iteration of ``config`` (forward + backward + AdamW step).
 
     The optimiser is the project's (utils/engine/optim.py: reference parameter
@@ -128,7 +133,7 @@ def measure_train(config, shape=(240, 320), batch=2, warmup=1, iters=5, cfg_opti
     from models.builder import EncoderDecoder
     from utils.engine.optim import build_optimizer, group_parameters
 
-    device = runtime.init_device()
+    device = runtime.init_device(_use_cuda(device))
     cfg = load_config(config, cfg_options)
     model = EncoderDecoder(cfg, load_pretrained=False)
     model.train()
@@ -209,6 +214,7 @@ def main(argv=None):
                         help="also measure the fp32 matmul peak and report the model's share of it")
     parser.add_argument("--train", action="store_true",
                         help="time training iterations (forward + backward + AdamW) instead")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of known errors")
     add_cfg_options_argument(parser)
     args = parser.parse_args(argv)
@@ -220,10 +226,10 @@ def main(argv=None):
         parser.error("--efficiency applies to the forward benchmark, not --train")
     if args.train:
         res = measure_train(args.config, shape, batch, args.warmup, args.iters,
-                            cfg_options=args.cfg_options)
+                            cfg_options=args.cfg_options, device=args.device)
     else:
         res = measure(args.config, shape, batch, args.warmup, args.iters, args.efficiency,
-                      cfg_options=args.cfg_options)
+                      cfg_options=args.cfg_options, device=args.device)
     print(json.dumps(res) if args.json else format_report(res))
 
 

@@ -3,9 +3,10 @@
 Importing this module changes nothing. :func:`setup` does five things, once per
 process:
 
-1. Hides ``nvcc`` from Jittor when no CUDA driver is present. Jittor otherwise
-   tries to compile CUDA kernels at import and crashes on machines that have the
-   compiler but no GPU runtime.
+1. Decides the CUDA set-up before Jittor looks (:mod:`utils.cuda_toolkit`): ``nvcc``
+   is hidden when no CUDA driver is present (Jittor otherwise compiles CUDA kernels
+   at import and crashes), and with a driver Jittor is pointed at the installed
+   toolkit so that it never downloads one.
 2. Makes oneDNN available offline. Jittor downloads a oneDNN 2.2 build into
    ``~/.cache/jittor/mkl`` at import; without network that fails. A system oneDNN
    (Debian/Ubuntu ``libdnnl-dev``) is API-compatible, so we expose it under the
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import warnings
 
-from utils import kernel_compile
+from utils import cuda_toolkit, kernel_compile
 
 _DNNL_DIRNAME = "dnnl_lnx_2.2.0_cpu_gomp"  # the folder name jittor's setup_mkl expects
 _SYSTEM_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
@@ -146,11 +147,8 @@ def _setup_dnnl():
     DNNL_STATUS = f"oneDNN at {found[1]}"
 
 
-def _setup_cuda_visibility():
-    if "nvcc_path" in os.environ:
-        return
-    if not _has_cuda_driver():
-        os.environ["nvcc_path"] = ""
+def _setup_cuda():
+    cuda_toolkit.configure(_has_cuda_driver(), os.path.join(_jittor_home(), ".cache", "jittor"))
 
 
 MALLOC_STATUS = "default"
@@ -225,7 +223,7 @@ def setup():
     os.environ.setdefault("log_silent", "1")  # keep Jittor's compile chatter out of the logs
     _serial_kernel_compiles()
     kernel_compile.install()
-    _setup_cuda_visibility()
+    _setup_cuda()
     _setup_dnnl()
     _tune_malloc()
 
@@ -256,12 +254,17 @@ def init_device(use_cuda=None):
     global FTZ_STATUS
     import jittor as jt
     _default_sigchld()
-    if use_cuda is None:
+    auto = use_cuda is None
+    if auto:
         use_cuda = bool(jt.has_cuda)
     if use_cuda and not jt.has_cuda:
         from utils.errors import ConfigError
-        raise ConfigError("CUDA was requested but Jittor found no usable GPU/CUDA runtime; "
-                          "use --device cpu (or auto), or check the NVIDIA driver")
+        raise ConfigError(f"CUDA was requested but Jittor found no usable GPU/CUDA runtime "
+                          f"(CUDA: {cuda_toolkit.STATUS}); use --device cpu (or auto), or "
+                          f"fix the CUDA set-up (README, section GPU)")
+    if auto and not use_cuda and cuda_toolkit.STATUS.startswith("driver found"):
+        warnings.warn(f"Running on the CPU although a GPU driver exists: {cuda_toolkit.STATUS}",
+                      RuntimeWarning, stacklevel=2)
     jt.flags.use_cuda = 1 if use_cuda else 0
     if use_cuda:
         FTZ_STATUS = "n/a (CUDA)"
@@ -271,10 +274,19 @@ def init_device(use_cuda=None):
     return "cpu"
 
 
+def require_cuda():
+    """Exit with one line naming what is missing unless Jittor can use CUDA (install.sh --cuda)."""
+    setup()
+    if not cuda_toolkit.USABLE:
+        sys.exit(f"[install] CUDA not usable: {cuda_toolkit.STATUS}")
+    print(f"[install] CUDA: {cuda_toolkit.STATUS}")
+
+
 def describe():
     """One line describing the runtime, for logs and benchmarks."""
     import jittor as jt
     device = "cuda" if jt.flags.use_cuda else "cpu"
-    return (f"jittor {jt.__version__}, device {device}, threads {os.cpu_count()}, "
+    return (f"jittor {jt.__version__}, device {device}, CUDA: {cuda_toolkit.STATUS}, "
+            f"threads {os.cpu_count()}, "
             f"oneDNN: {DNNL_STATUS}, malloc: {MALLOC_STATUS}, kernel compiles: "
             f"{kernel_compile.STATUS}, flush-to-zero: {FTZ_STATUS}")

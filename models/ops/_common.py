@@ -43,9 +43,14 @@ def fused_kernels_enabled():
     return _state["enabled"]
 
 
+def on_cuda():
+    """True while Jittor executes on the GPU (the fused kernels are CPU code)."""
+    return bool(jt.flags.use_cuda)
+
+
 def fused_for(*tensors):
     """True when a fused kernel may run on ``tensors``: switched on, CPU, float32."""
-    return (_state["enabled"] and not jt.flags.use_cuda
+    return (_state["enabled"] and not on_cuda()
             and all(str(t.dtype) == "float32" for t in tensors))
 
 
@@ -99,3 +104,10 @@ typedef int dfv_ivec __attribute__((vector_size(64)));
 
 # Floats per dfv_vec: the vectorised kernels need channel counts that are multiples of it.
 VECTOR_WIDTH = 16
+
+
+def scalar(value, like):
+    """``value`` as a constant of ``like``'s dtype. Jittor turns a Python float operand
+    into a float32 constant (``x64 * 0.1`` is off by 1.5e-9), which float64 arithmetic
+    must not see."""
+    return jt.array(value, dtype=str(like.dtype))
