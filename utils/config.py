@@ -667,6 +667,8 @@ def translate(tree, source="config", explicit=(), file_total_iters=None):
         r.take("model.decode_head.channels", "decoder_embed_dim", _pos_int)
     r.take("model.decode_head.num_classes", "num_classes", _pos_int)
     r.take("model.decode_head.ignore_index", "background", _int)
+    # the engine's decode-head norm is BatchNorm, synchronised under MPI (--syncbn)
+    r.expect("model.decode_head.norm_cfg.type", ("SyncBN",), default="SyncBN")
     r.take("model.decode_head.norm_cfg.eps", "bn_eps", _number)
     r.take("model.decode_head.norm_cfg.momentum", "bn_momentum", _number)
     _translate_aux(r, source, head, decoder)

@@ -20,7 +20,7 @@ model = dict(
         channels=512,
         num_classes=40,
         ignore_index=255,
-        norm_cfg=dict(eps=1e-3, momentum=0.1)),
+        norm_cfg=dict(type='SyncBN', eps=1e-3, momentum=0.1)),
     auxiliary_head=None,
     # sliding-window inference (--sliding): window and stride as a fraction of it
     test_cfg=dict(crop_size=(480, 640), stride_rate=2 / 3))
