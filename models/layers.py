@@ -13,7 +13,8 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from .ops import batch_norm_train, gelu, interpolate, layer_norm, pointwise_conv
+from .ops import (batch_norm_train, batch_norm_train_synced, gelu, interpolate, layer_norm,
+                  pointwise_conv, scalar)
 
 __all__ = ["BatchNorm2d", "Conv2d", "LayerNorm", "DropPath", "GELU", "ConvModule", "adaptive_avg_pool2d",
            "pool_matrix", "drop_path_rates"]
@@ -45,23 +46,22 @@ class BatchNorm2d(nn.Module):
             return self._normalize(x, self.running_mean, self.running_var, dims)
         count = x.numel() // x.shape[1]
         if self.sync and jt.in_mpi:
-            mean = x.mean(dims=dims).mpi_all_reduce("mean")
-            sq_mean = (x * x).mean(dims=dims).mpi_all_reduce("mean")
-            var = (sq_mean - mean * mean).maximum(0.0)
-            count = count * jt.world_size
-            y = self._normalize(x, mean, var, dims)
+            # statistics of every process's batch, combined exactly (models.ops.batch_norm)
+            y, mean, var, count = batch_norm_train_synced(x, self.weight, self.bias, self.eps)
+            count = count.detach()
+            unbiased = var * (count / (count - 1).maximum(1))
         else:
             # local statistics: one fused pass on the CPU (models.ops.batch_norm)
             y, mean, var = batch_norm_train(x, self.weight, self.bias, self.eps)
-        unbiased = var * (count / max(count - 1, 1))
-        m = self.momentum
-        self.running_mean.update((1 - m) * self.running_mean + m * mean.detach())
-        self.running_var.update((1 - m) * self.running_var + m * unbiased.detach())
+            unbiased = var * scalar(count / max(count - 1, 1), var)
+        keep, m = scalar(1 - self.momentum, mean), scalar(self.momentum, mean)
+        self.running_mean.update(keep * self.running_mean + m * mean.detach())
+        self.running_var.update(keep * self.running_var + m * unbiased.detach())
         self.num_batches_tracked.update(self.num_batches_tracked + 1)
         return y
 
     def _normalize(self, x, mean, var, dims):
-        scale = self.weight / jt.sqrt(var + self.eps)
+        scale = self.weight / jt.sqrt(var + scalar(self.eps, var))
         shift = self.bias - mean * scale
         return x * scale.broadcast(x, dims) + shift.broadcast(x, dims)
 

@@ -99,3 +99,10 @@ typedef int dfv_ivec __attribute__((vector_size(64)));
 
 # Floats per dfv_vec: the vectorised kernels need channel counts that are multiples of it.
 VECTOR_WIDTH = 16
+
+
+def scalar(value, like):
+    """``value`` as a constant of ``like``'s dtype. Jittor turns a Python float operand
+    into a float32 constant (``x64 * 0.1`` is off by 1.5e-9), which float64 arithmetic
+    must not see."""
+    return jt.array(value, dtype=str(like.dtype))
