@@ -103,10 +103,11 @@ def _session_members(sid):
     return pids
 
 
-def launch(ctx, name, root, ranks, args, overrides=None, exact=False):
+def launch(ctx, name, root, ranks, args, overrides=None, exact=False, mpi_args=()):
     cmd = runner_cmd(ctx.runner, root, {"nval": NVAL, **(overrides or {})}, exact=exact,
                      args=("--work-dir", str(ctx.base / name), "--val-every", "0", *args))
-    return Launch((mpirun(ranks) if ranks > 1 else []) + cmd, ctx.base / f"{name}.out")
+    prefix = mpirun(ranks) + list(mpi_args) if ranks > 1 else []
+    return Launch(prefix + cmd, ctx.base / f"{name}.out")
 
 
 def run_ok(ctx, name, root, ranks, args, **kw):
@@ -194,24 +195,32 @@ def test_bad_file_on_rank1_stops_every_rank(ctx, what):
         assert f"loss is nan at iteration {k} " in error, error
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_to_rank1_stops_every_rank(ctx, sig):
-    name = f"signal_{sig.name}"
+# mpirun answers SIGINT (Ctrl-C) by sending SIGTERM to every rank and SIGKILL one second
+# later (OpenMPI's odls_base_sigkill_timeout): too soon to save; 60 s leaves the time.
+MPIRUN_GRACE = ("--mca", "odls_base_sigkill_timeout", "60")
+
+
+@pytest.mark.parametrize("target,sig", [("rank1", signal.SIGTERM), ("rank1", signal.SIGINT),
+                                        ("mpirun", signal.SIGINT)])
+def test_signal_stops_every_rank(ctx, target, sig):
+    """SIGTERM/SIGINT to rank 1 only, or Ctrl-C to mpirun: all ranks stop after the
+    current step, rank 0 saves it."""
+    name = f"signal_{target}_{sig.name}"
     work = ctx.base / name
-    job = launch(ctx, name, ctx.root, 2, ("--ckpt-every", "1"))
-    pid = job.rank_pid(1)
+    job = launch(ctx, name, ctx.root, 2, ("--ckpt-every", "1"), mpi_args=MPIRUN_GRACE)
+    pid = job.rank_pid(1) if target == "rank1" else job.proc.pid
     _wait_for_iteration(job, work, 1)
     os.kill(pid, sig)
     sent = time.time()
     rc = job.finish()
     took = time.time() - sent
     out = job.output()
-    print(f"{sig.name} to rank 1: all ranks ended {took:.1f} s later (rc {rc})")
+    print(f"{sig.name} to {target}: all ranks ended {took:.1f} s later (rc {rc})")
     assert took < STOP_BOUND and rc != 0, out[-3000:]
     state = read_checkpoint(str(work / "latest.pkl"))
     assert 1 <= state["iteration"] < 6, state["iteration"]
-    assert f"Stopped by a signal on another rank: {state['iteration']} iterations" in out, \
-        out[-3000:]
+    reason = "a signal on another rank" if target == "rank1" else "SIGTERM"
+    assert f"Stopped by {reason}: {state['iteration']} iterations" in out, out[-3000:]
 
 
 def test_sigkill_of_rank1_ends_the_job(ctx):
@@ -256,18 +265,22 @@ GLOBAL_BATCH = ("--batch-size-override", "4")   # 1 process x 4 images == 2 rank
 
 
 def state_differences(path_a, path_b):
-    """Largest absolute difference of the parameters, the BN running statistics and the
-    optimiser's momentum buffers (the all-reduced gradients, accumulated) of two checkpoints."""
+    """Relative differences ``|a - b| / |a|`` (norms over all the tensors of a kind) of the
+    parameters, the BN running statistics and the optimiser's momentum buffers (the
+    all-reduced gradients, accumulated) of two checkpoints."""
     a, b = read_checkpoint(str(path_a)), read_checkpoint(str(path_b))
     assert a["iteration"] == b["iteration"] and sorted(a["model"]) == sorted(b["model"])
-    diff = {"parameters": 0.0, "bn_running_stats": 0.0, "momentum": 0.0}
+    pairs = {"parameters": [], "bn_running_stats": [], "momentum": []}
     for key in a["model"]:
         kind = "bn_running_stats" if "running_" in key else "parameters"
-        delta = np.abs(a["model"][key].astype(np.float64) - b["model"][key]).max(initial=0.0)
-        diff[kind] = max(diff[kind], float(delta))
+        pairs[kind].append((a["model"][key], b["model"][key]))
     for ga, gb in zip(a["optimizer"]["param_groups"], b["optimizer"]["param_groups"]):
-        for x, y in zip(ga["values"], gb["values"]):
-            diff["momentum"] = max(diff["momentum"], float(np.abs(x.astype(np.float64) - y).max()))
+        pairs["momentum"] += list(zip(ga["values"], gb["values"]))
+    diff = {}
+    for kind, items in pairs.items():
+        num = sum(float(np.sum((x.astype(np.float64) - y) ** 2)) for x, y in items)
+        den = sum(float(np.sum(x.astype(np.float64) ** 2)) for x, _ in items)
+        diff[kind] = float(np.sqrt(num / den))
     return diff
 
 
@@ -282,22 +295,33 @@ def trained(ctx):
     return runs
 
 
-# Tolerances (float32 runs): the two runs sum the same numbers in different orders (BN
-# statistics over 4 images vs per rank then across ranks; the gradient all-reduce), so
-# values agree to float32 rounding amplified through the network. Measured (DFormer-Tiny,
-# 64x64, 2 steps): see the printed differences.
-LOSS_RTOL = 1e-5
-STATE_ATOL = {"parameters": 1e-5, "bn_running_stats": 1e-5, "momentum": 1e-4}
+# Tolerances, float32 runs (the project has no float64 training switch yet). The runs sum
+# the same numbers in different orders (BN statistics over 4 images vs per rank, then
+# combined; the gradient all-reduce), and rounding differences grow through the network.
+# Measured relative differences after 2 steps (the second has lr 0, the warm-up's first
+# step) on 2 shared cores:
+#   DFormer-Tiny:  parameters 6e-8 abs., BN statistics 5e-7 abs., momentum ~1e-6 (median
+#                  per-tensor relative 1.8e-6): rounding;
+#   DFormerv2-S:   momentum median per-tensor relative 3e-3 after one step already, as large
+#                  as between its fused and plain (Jittor) CPU kernels in one process, so a
+#                  float32 sensitivity of the model (softmax attention with random weights),
+#                  not a difference of the MPI path.
+# Logged losses (4 decimals) must agree to 1e-4 relative.
+LOSS_RTOL = 1e-4
+STATE_RTOL = {"DFormer-Tiny": {"parameters": 1e-6, "bn_running_stats": 1e-5, "momentum": 1e-4},
+              "DFormerv2-S": {"parameters": 1e-4, "bn_running_stats": 1e-2, "momentum": 5e-2}}
 
 
-def _assert_close(a, b, what):
+def _assert_close(a, b, what, model="DFormer-Tiny", kinds=("parameters", "bn_running_stats",
+                                                            "momentum")):
     la, lb = logged_losses(a), logged_losses(b)
     diff = state_differences(a / "latest.pkl", b / "latest.pkl")
     loss_diff = max(abs(x - y) / abs(y) for x, y in zip(la, lb))
-    print(f"{what}: losses {la} vs {lb} (max rel. diff {loss_diff:.2e}); {diff}")
+    print(f"{what}: losses {la} vs {lb} (max rel. diff {loss_diff:.1e}); relative differences "
+          + ", ".join(f"{k} {v:.1e}" for k, v in diff.items()))
     assert len(la) == len(lb) and loss_diff <= LOSS_RTOL, (la, lb)
-    for kind, atol in STATE_ATOL.items():
-        assert diff[kind] <= atol, (kind, diff)
+    for kind in kinds:
+        assert diff[kind] <= STATE_RTOL[model][kind], (kind, diff)
 
 
 def test_syncbn_two_ranks_equal_one_process(trained):
@@ -327,7 +351,22 @@ def test_syncbn_two_ranks_equal_one_process_dformerv2(ctx):
         run_ok(ctx, name, ctx.root, ranks, (*GLOBAL_BATCH, "--max-iters", "2"),
                overrides={**EXACT, "backbone": "DFormerv2_S"}, exact=True)
         runs.append(ctx.base / name)
-    _assert_close(*runs, "DFormerv2-S, 2 steps")
+    _assert_close(*runs, "DFormerv2-S, 2 steps", model="DFormerv2-S")
+
+
+def test_plain_bn_two_ranks_equal_halves_in_one_process(ctx):
+    """Without SyncBN each rank normalises its own 2 images (the reference's DDP with plain
+    BN): one process running each half on its own and averaging gives the same training.
+    BN running statistics are left out: rank 0 saves those of its half, the one-process
+    twin updates them with both halves in turn."""
+    runs = []
+    for name, ranks, extra in (("plain_bn_halves", 1, {"halves": True}),
+                               ("plain_bn_two_ranks", 2, {})):
+        run_ok(ctx, name, ctx.root, ranks, (*GLOBAL_BATCH, "--max-iters", "2", "--no-syncbn"),
+               overrides={**EXACT, **extra}, exact=True)
+        runs.append(ctx.base / name)
+    _assert_close(*runs, "DFormer-Tiny without SyncBN, 2 steps",
+                  kinds=("parameters", "momentum"))
 
 
 EVAL_RUNNER = '''"""Evaluates a checkpoint on the tiny validation set; rank 0 writes the metrics."""

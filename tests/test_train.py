@@ -64,23 +64,43 @@ from utils.train import build_parser, build_trainer, main
 
 root, overrides, exact = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3] == "exact"
 args = sys.argv[4:]
+halves = overrides.pop("halves", False)
 size_keys = ("ntrain", "nval", "epochs", "size")
 cfg = tiny_cfg(root, **{k: overrides.pop(k) for k in size_keys if k in overrides})
 cfg.update(overrides)
 if not exact:
     from utils.errors import run_cli
     run_cli(lambda argv: main(argv, cfg=cfg), args)
-# Deterministic per-sample computation (for 1 vs N processes): every BN synchronised,
-# no dropout, the same fixed NMF bases for every sample.
-trainer, _ = build_trainer(build_parser().parse_args(args), cfg)
+# Deterministic per-sample computation (for 1 vs N processes): every BN synchronised
+# (none with --no-syncbn), no dropout, the same fixed NMF bases for every sample.
+trainer, (resume, state) = build_trainer(build_parser().parse_args(args), cfg)
 for m in trainer.model.modules():
     if isinstance(m, BatchNorm2d):
-        m.sync = True
+        m.sync = "--no-syncbn" not in args
     if isinstance(m, nn.Dropout2d):
         m.p = 0.0
 bases = np.random.default_rng(0).random((1, 512, 64)).astype(np.float32)
-local = cfg.batch_size // (jt.world_size if jt.in_mpi else 1)
+local = cfg.batch_size // (jt.world_size if jt.in_mpi else 2 if halves else 1)
+
+
+class Halves(nn.Module):
+    """What 2 ranks without SyncBN compute, in one process: each half of the batch
+    normalised on its own, the mean of the two losses (so of their gradients)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def execute(self, rgb, depth, label):
+        n = rgb.shape[0] // 2
+        return (self.model(rgb[:n], depth[:n], label[:n])
+                + self.model(rgb[n:], depth[n:], label[n:])) / 2
+
+
+if halves:
+    trainer.forward_model = Halves(trainer.model)
 trainer.model.set_nmf_bases(np.repeat(bases, local, axis=0))
+if resume:
+    trainer.resume(resume, state)
 trainer.train()
 '''
 
