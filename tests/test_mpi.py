@@ -196,8 +196,8 @@ def test_bad_file_on_rank1_stops_every_rank(ctx, what):
 
 
 # mpirun answers SIGINT (Ctrl-C) by sending SIGTERM to every rank and SIGKILL one second
-# later (OpenMPI's odls_base_sigkill_timeout): too soon to save; 60 s leaves the time.
-MPIRUN_GRACE = ("--mca", "odls_base_sigkill_timeout", "60")
+# later (OpenMPI's odls_base_sigkill_timeout): too soon to save; 30 s leaves the time.
+MPIRUN_GRACE = ("--mca", "odls_base_sigkill_timeout", "30")
 
 
 @pytest.mark.parametrize("target,sig", [("rank1", signal.SIGTERM), ("rank1", signal.SIGINT),

@@ -8,8 +8,8 @@ all-reduce of a vector holding one "failed" flag per rank and one "stop requeste
 (:func:`agree`). When a rank failed, every rank raises at the same point: the failing
 one its own exception, the others :class:`PeerFailure` carrying the failing rank's
 message, so rank 0 (the only one that prints and writes checkpoints) can report it.
-:func:`barrier` then holds the other ranks until rank 0 has saved: ``mpirun`` ends the
-whole job as soon as one rank exits with a non-zero status.
+Such exceptions are marked (:func:`raised_on_all_ranks`): ``mpirun`` ends the whole job as
+soon as one rank exits with a non-zero status, so only rank 0 may (utils/train.py).
 
 Without MPI every function is a local no-op (one process agrees with itself).
 """
@@ -77,7 +77,7 @@ def mark_agreed(exc):
 
 def raised_on_all_ranks(exc):
     """True for an exception that every rank raised at the same point (:func:`agree`, or
-    a check of an all-reduced value): the ranks may still meet in a :func:`barrier`."""
+    a check of an all-reduced value)."""
     return bool(getattr(exc, "raised_on_all_ranks", False))
 
 
@@ -92,9 +92,3 @@ def _share_message(source, failure):
         buffer[:len(data)] = np.frombuffer(data, dtype=np.uint8)
     data = np.rint(_all_reduce_sum(buffer)).astype(np.uint8).tobytes().rstrip(b"\0")
     return data.decode("utf-8", errors="replace")
-
-
-def barrier():
-    """Wait until every rank gets here (no-op without MPI)."""
-    if jt.in_mpi:
-        _all_reduce_sum([0.0])

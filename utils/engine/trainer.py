@@ -49,8 +49,8 @@ all-reduce, whether a rank failed to load its batch or received SIGINT/SIGTERM: 
 rank stops at the same iteration instead of waiting for ever in the next collective;
 rank 0 saves ``latest.pkl`` once and alone prints the error (naming the failing rank and
 its message) with the resume command. A NaN/inf loss is seen by every rank (the loss is
-all-reduced). The ranks leave together (a barrier after rank 0's save), as ``mpirun``
-ends the job when the first rank exits with a non-zero status.
+all-reduced). Such failures carry ``raised_on_all_ranks``: utils/train.py then lets the
+other ranks exit with status 0, so that ``mpirun`` does not end rank 0 before it is done.
 """
 import copy
 import datetime
@@ -69,8 +69,7 @@ import jittor as jt
 from jittor import nn
 
 from utils.checkpoint import CheckpointError, atomic_save, read_checkpoint
-from utils.engine.distributed import (agree, barrier, is_main_process, mark_agreed,
-                                      raised_on_all_ranks, world_size)
+from utils.engine.distributed import agree, is_main_process, mark_agreed, world_size
 from utils.errors import UserError
 
 CHECKPOINT_FORMAT = "dformer-jittor-train/1"
@@ -430,8 +429,6 @@ class Trainer:
                 saved = f"saved {self.latest_path} at iteration {self.iteration}"
             except Exception as save_exc:  # report the original problem, not this one
                 saved = f"could not save ({save_exc})"
-        if raised_on_all_ranks(exc):
-            barrier()  # mpirun ends every rank once one exits non-zero: wait for the save
         last = self._saved_iteration
         if not is_main_process():
             resume = ""
@@ -474,7 +471,6 @@ class Trainer:
             self.logger.info(f"Median time per iteration this run: {spi:.3f}s "
                              f"({len(self.iter_seconds)} iterations)")
         self.tb.flush()
-        barrier()  # a rank that exits (130 after a signal) first would end rank 0's save
         return {"iteration": self.iteration, "epoch": self.completed_epoch(), "reason": reason,
                 "best_miou": self.best_miou, "metrics": self.last_metrics,
                 "seconds_per_iter": self.seconds_per_iteration()}
