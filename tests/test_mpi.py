@@ -153,19 +153,6 @@ def _rank1_only_file(root, batch=2):
     return found[0][1], found[0][0]
 
 
-def _broken_copy(ctx, name, what):
-    root = ctx.base / f"data_{name}"
-    shutil.copytree(ctx.root, root)
-    file, k = _rank1_only_file(root)
-    label = root / "SynthRGBD" / "Label" / f"{file}.png"
-    if what == "corrupt":
-        label.write_bytes(b"not a png")
-    else:  # every pixel ignored: that rank's loss is NaN
-        import cv2
-        cv2.imwrite(str(label), np.full((64, 64), 255, np.uint8))
-    return root, file, k
-
-
 def _assert_stopped_once(out, work, k):
     """One error line on rank 0's console with the resume command; latest.pkl at k."""
     errors = [line for line in out.splitlines() if line.startswith("error:")]
@@ -175,29 +162,43 @@ def _assert_stopped_once(out, work, k):
     return errors[0]
 
 
-@pytest.mark.parametrize("what", ["corrupt", "nan"])
-def test_bad_file_on_rank1_stops_every_rank(ctx, what):
-    """A corrupt label (or a label without a valid pixel: NaN loss) read by rank 1 only:
-    both ranks stop at that iteration, rank 0 saves it and names rank 1's problem."""
-    root, file, k = _broken_copy(ctx, what, what)
-    name = f"bad_{what}"
-    job = launch(ctx, name, root, 2, ("--ckpt-every", "1", "--max-iters", "6"))
+def test_corrupt_file_on_rank1_stops_every_rank(ctx):
+    """A corrupt label read by rank 1 only: both ranks stop at that iteration, rank 0
+    saves it and names rank 1's problem."""
+    root = ctx.base / "data_corrupt"
+    shutil.copytree(ctx.root, root)
+    file, k = _rank1_only_file(root)
+    (root / "SynthRGBD" / "Label" / f"{file}.png").write_bytes(b"not a png")
+    job = launch(ctx, "corrupt", root, 2, ("--ckpt-every", "1", "--max-iters", "6"))
     rc = job.finish()
     out = job.output()
-    print(f"{what} file on rank 1 at iteration {k}: all ranks ended {time.time() - job.started:.1f}"
-          f" s after the launch (rc {rc})")
+    print(f"corrupt file on rank 1 at iteration {k}: all ranks ended "
+          f"{time.time() - job.started:.1f} s after the launch (rc {rc})")
     assert rc != 0, out[-3000:]
-    error = _assert_stopped_once(out, ctx.base / name, k)
-    if what == "corrupt":
-        assert error.startswith(f"error: rank 1 failed at iteration {k} "), error
-        assert f"Label/{file}.png" in error, error
-    else:
-        assert f"loss is nan at iteration {k} " in error, error
+    error = _assert_stopped_once(out, ctx.base / "corrupt", k)
+    assert error.startswith(f"error: rank 1 failed at iteration {k} "), error
+    assert f"Label/{file}.png" in error, error
+
+
+def test_nan_loss_on_rank1_stops_every_rank(ctx):
+    """Rank 1's loss alone is NaN at iteration 2 (the runner multiplies it by NaN): the
+    all-reduced loss is NaN on both ranks, which stop before the step."""
+    job = launch(ctx, "nan", ctx.root, 2, ("--ckpt-every", "1", "--max-iters", "6"),
+                 overrides={"nan_at": [1, 2]})
+    rc = job.finish()
+    out = job.output()
+    print(f"NaN loss on rank 1 at iteration 2: all ranks ended "
+          f"{time.time() - job.started:.1f} s after the launch (rc {rc})")
+    assert rc != 0, out[-3000:]
+    error = _assert_stopped_once(out, ctx.base / "nan", 2)
+    assert "loss is nan at iteration 2 " in error, error
 
 
 # mpirun answers SIGINT (Ctrl-C) by sending SIGTERM to every rank and SIGKILL one second
-# later (OpenMPI's odls_base_sigkill_timeout): too soon to save; 30 s leaves the time.
-MPIRUN_GRACE = ("--mca", "odls_base_sigkill_timeout", "30")
+# later (OpenMPI's odls_base_sigkill_timeout): too soon to save. 10 s leaves the time; mpirun
+# then waits twice that long after a non-zero exit before it exits itself (measured).
+MPIRUN_GRACE = ("--mca", "odls_base_sigkill_timeout", "10")
+LONG_RUN = {"epochs": 30}   # far more steps than it takes to send a signal
 
 
 @pytest.mark.parametrize("target,sig", [("rank1", signal.SIGTERM), ("rank1", signal.SIGINT),
@@ -207,7 +208,8 @@ def test_signal_stops_every_rank(ctx, target, sig):
     current step, rank 0 saves it."""
     name = f"signal_{target}_{sig.name}"
     work = ctx.base / name
-    job = launch(ctx, name, ctx.root, 2, ("--ckpt-every", "1"), mpi_args=MPIRUN_GRACE)
+    job = launch(ctx, name, ctx.root, 2, ("--ckpt-every", "1"), overrides=LONG_RUN,
+                 mpi_args=MPIRUN_GRACE if target == "mpirun" else ())
     pid = job.rank_pid(1) if target == "rank1" else job.proc.pid
     _wait_for_iteration(job, work, 1)
     os.kill(pid, sig)
@@ -218,7 +220,7 @@ def test_signal_stops_every_rank(ctx, target, sig):
     print(f"{sig.name} to {target}: all ranks ended {took:.1f} s later (rc {rc})")
     assert took < STOP_BOUND and rc != 0, out[-3000:]
     state = read_checkpoint(str(work / "latest.pkl"))
-    assert 1 <= state["iteration"] < 6, state["iteration"]
+    assert 1 <= state["iteration"] < 90, state["iteration"]
     reason = "a signal on another rank" if target == "rank1" else "SIGTERM"
     assert f"Stopped by {reason}: {state['iteration']} iterations" in out, out[-3000:]
 
@@ -228,7 +230,7 @@ def test_sigkill_of_rank1_ends_the_job(ctx):
     last periodic checkpoint (--ckpt-every) stays intact."""
     name = "sigkill"
     work = ctx.base / name
-    job = launch(ctx, name, ctx.root, 2, ("--ckpt-every", "1"))
+    job = launch(ctx, name, ctx.root, 2, ("--ckpt-every", "1"), overrides=LONG_RUN)
     pid = job.rank_pid(1)
     _wait_for_iteration(job, work, 1)
     os.kill(pid, signal.SIGKILL)
@@ -237,8 +239,11 @@ def test_sigkill_of_rank1_ends_the_job(ctx):
     took = time.time() - killed
     print(f"SIGKILL of rank 1: mpirun and rank 0 ended {took:.1f} s later (rc {rc})")
     assert took < STOP_BOUND and rc != 0, job.output()[-3000:]
-    assert not [pid for pid in _session_members(job.proc.pid)]
-    assert 1 <= read_checkpoint(str(work / "latest.pkl"))["iteration"] < 6
+    deadline = time.time() + 30   # rank 0 may still be on its way out
+    while _session_members(job.proc.pid):
+        assert time.time() < deadline, f"left running: {_session_members(job.proc.pid)}"
+        time.sleep(0.2)
+    assert 1 <= read_checkpoint(str(work / "latest.pkl"))["iteration"] < 90
 
 
 def _wait_for_iteration(job, work, k):
@@ -272,7 +277,8 @@ def state_differences(path_a, path_b):
     assert a["iteration"] == b["iteration"] and sorted(a["model"]) == sorted(b["model"])
     pairs = {"parameters": [], "bn_running_stats": [], "momentum": []}
     for key in a["model"]:
-        kind = "bn_running_stats" if "running_" in key else "parameters"
+        kind = ("bn_running_stats" if key.rsplit(".", 1)[-1] in
+                ("running_mean", "running_var", "num_batches_tracked") else "parameters")
         pairs[kind].append((a["model"][key], b["model"][key]))
     for ga, gb in zip(a["optimizer"]["param_groups"], b["optimizer"]["param_groups"]):
         pairs["momentum"] += list(zip(ga["values"], gb["values"]))
@@ -295,19 +301,18 @@ def trained(ctx):
     return runs
 
 
-# Tolerances, float32 runs (the project has no float64 training switch yet). The runs sum
-# the same numbers in different orders (BN statistics over 4 images vs per rank, then
-# combined; the gradient all-reduce), and rounding differences grow through the network.
-# Measured relative differences after 2 steps (the second has lr 0, the warm-up's first
-# step) on 2 shared cores:
-#   DFormer-Tiny:  parameters 6e-8 abs., BN statistics 5e-7 abs., momentum ~1e-6 (median
-#                  per-tensor relative 1.8e-6): rounding;
-#   DFormerv2-S:   momentum median per-tensor relative 3e-3 after one step already, as large
-#                  as between its fused and plain (Jittor) CPU kernels in one process, so a
-#                  float32 sensitivity of the model (softmax attention with random weights),
-#                  not a difference of the MPI path.
-# Logged losses (4 decimals) must agree to 1e-4 relative.
-LOSS_RTOL = 1e-4
+# Tolerances, float32 runs (the project has no float64 training switch yet): relative
+# norms |a - b| / |a| over all tensors of a kind. The runs sum the same numbers in other
+# orders (BN statistics over 4 images vs per rank then combined; the gradient all-reduce).
+# Measured, 2 steps (the second with lr 0, the warm-up's first value), 2 shared cores:
+#   DFormer-Tiny: parameters 4.5e-9, BN statistics 8.1e-8, momentum 1.7e-6;
+#   DFormerv2-S:  parameters 4.4e-6, BN statistics 3.2e-4, momentum 2.1e-2. Its gradients
+#     are that sensitive to rounding without MPI too: one process, fused vs plain CPU
+#     kernels, 1 step: parameters 4.4e-6, momentum 3.5e-3 (2 ranks vs 1 process, 1 step:
+#     parameters 4.4e-6, median per-tensor momentum difference 3.0e-3, the same).
+# Without SyncBN (each rank alone, as one process running the halves) they are bit-identical.
+# Logged losses have 4 decimals (DFormerv2-S: 2.5655 vs 2.5657, 7.8e-5 relative).
+LOSS_RTOL = 2e-4
 STATE_RTOL = {"DFormer-Tiny": {"parameters": 1e-6, "bn_running_stats": 1e-5, "momentum": 1e-4},
               "DFormerv2-S": {"parameters": 1e-4, "bn_running_stats": 1e-2, "momentum": 5e-2}}
 

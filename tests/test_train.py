@@ -65,9 +65,23 @@ from utils.train import build_parser, build_trainer, main
 root, overrides, exact = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3] == "exact"
 args = sys.argv[4:]
 halves = overrides.pop("halves", False)
+nan_at = overrides.pop("nan_at", None)  # (rank, iteration): that rank's loss becomes NaN
 size_keys = ("ntrain", "nval", "epochs", "size")
 cfg = tiny_cfg(root, **{k: overrides.pop(k) for k in size_keys if k in overrides})
 cfg.update(overrides)
+if nan_at is not None:
+    from models.builder import EncoderDecoder
+    forward, steps = EncoderDecoder.execute, []
+
+    def execute(self, rgb, depth, label=None):
+        out = forward(self, rgb, depth, label)
+        if label is not None:  # a training step
+            steps.append(len(steps))
+            if [jt.rank if jt.in_mpi else 0, steps[-1]] == nan_at:
+                out = out * float("nan")
+        return out
+
+    EncoderDecoder.execute = execute
 if not exact:
     from utils.errors import run_cli
     run_cli(lambda argv: main(argv, cfg=cfg), args)
