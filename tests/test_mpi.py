@@ -221,8 +221,10 @@ def test_signal_stops_every_rank(ctx, target, sig):
     assert took < STOP_BOUND and rc != 0, out[-3000:]
     state = read_checkpoint(str(work / "latest.pkl"))
     assert 1 <= state["iteration"] < 90, state["iteration"]
-    reason = "a signal on another rank" if target == "rank1" else "SIGTERM"
-    assert f"Stopped by {reason}: {state['iteration']} iterations" in out, out[-3000:]
+    # mpirun signals the ranks one after the other: rank 0 may see its own SIGTERM or not yet
+    reasons = ["a signal on another rank"] + (["SIGTERM"] if target == "mpirun" else [])
+    assert any(f"Stopped by {reason}: {state['iteration']} iterations" in out
+               for reason in reasons), out[-3000:]
 
 
 def test_sigkill_of_rank1_ends_the_job(ctx):
