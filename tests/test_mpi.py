@@ -9,7 +9,6 @@ timeout, so nothing here can hang. Skipped where ``mpirun`` is missing.
 import glob
 import json
 import os
-import os.path as osp
 import shutil
 import signal
 import subprocess
