@@ -404,21 +404,42 @@ if not jt.in_mpi or jt.rank == 0:
 '''
 
 
+def launch_eval(ctx, name, root, ranks, checkpoint):
+    script = ctx.base / "eval_runner.py"
+    script.write_text(EVAL_RUNNER)
+    cmd = [sys.executable, str(script), str(root), str(checkpoint), str(ctx.base / f"{name}.json"),
+           str(NVAL)]
+    return Launch((mpirun(ranks) if ranks > 1 else []) + cmd, ctx.base / f"{name}.out")
+
+
 def test_evaluation_shards_equal_one_process(ctx, trained):
     """Each rank evaluates its half of every batch; the summed confusion matrices give
     exactly the one-process table."""
-    script = ctx.base / "eval_runner.py"
-    script.write_text(EVAL_RUNNER)
-    checkpoint = str(trained["one_process"] / "latest.pkl")
     tables = []
     for ranks in (1, 2):
-        out = ctx.base / f"eval_{ranks}.json"
-        cmd = [sys.executable, str(script), str(ctx.root), checkpoint, str(out), str(NVAL)]
-        job = Launch((mpirun(ranks) if ranks > 1 else []) + cmd, ctx.base / f"eval_{ranks}.out")
+        job = launch_eval(ctx, f"eval_{ranks}", ctx.root, ranks,
+                          trained["one_process"] / "latest.pkl")
         assert job.finish() == 0, job.output()[-4000:]
-        with open(out) as f:
+        with open(ctx.base / f"eval_{ranks}.json") as f:
             tables.append(json.load(f))
     one, two = tables
     assert sum(c["gt_pixels"] for c in one["per_class"]) == NVAL * 64 * 64
     assert len([c for c in one["per_class"] if c["pred_pixels"]]) > 1  # not a trivial table
     assert one == two
+
+
+def test_evaluation_failure_on_rank1_stops_every_rank(ctx, trained):
+    """A corrupt label in rank 1's shard: rank 0 is told before the matrices are summed
+    instead of waiting for ever, and names rank 1's file."""
+    from utils.dataloader import build_val_loader
+    root = ctx.base / "data_eval_corrupt"
+    shutil.copytree(ctx.root, root)
+    name = build_val_loader(tiny_cfg(root, nval=NVAL), batch_size=2).names[1]  # rank 1's
+    (root / "SynthRGBD" / "Label" / f"{name}.png").write_bytes(b"not a png")
+    job = launch_eval(ctx, "eval_corrupt", root, 2, trained["one_process"] / "latest.pkl")
+    rc = job.finish()
+    out = job.output()
+    print(f"corrupt validation file on rank 1: all ranks ended {time.time() - job.started:.1f} s "
+          f"after the launch (rc {rc})")
+    assert rc != 0 and "PeerFailure: rank 1 failed during evaluation" in out, out[-3000:]
+    assert f"Label/{name}.png" in out, out[-3000:]
