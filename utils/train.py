@@ -329,7 +329,13 @@ def main(argv=None, cfg=None):
 def run(args, cfg=None, argv=(), script="utils/train.py"):
     """Train with parsed arguments (tools/train.py calls this too); returns the exit status.
 
-    ``argv`` and ``script`` make the resume command shown when the run fails."""
+    ``argv`` and ``script`` make the resume command shown when the run fails.
+
+    Under MPI the job's status is rank 0's: after a failure or a stop that every rank saw
+    (utils.engine.distributed) the other ranks return 0, because ``mpirun`` ends the whole
+    job as soon as one rank exits non-zero, which would cut rank 0's save and report short.
+    """
+    from utils.engine.distributed import is_main_process, raised_on_all_ranks
     trainer, (resume, state) = build_trainer(args, cfg)
     trainer.resume_command = resume_command([a for a in argv if a != "--debug"],
                                             trainer.work_dir, script)
@@ -337,15 +343,17 @@ def run(args, cfg=None, argv=(), script="utils/train.py"):
         if resume:
             trainer.resume(resume, state)
         summary = trainer.train()
-    except UserError:
-        raise  # the trainer has logged it, with what was saved and how to resume
-    except Exception:
-        trainer.logger.exception("Training failed")
+    except Exception as exc:
+        # a UserError has been logged by the trainer, with what was saved and how to resume
+        if not isinstance(exc, UserError):
+            trainer.logger.exception("Training failed")
+        if not is_main_process() and raised_on_all_ranks(exc):
+            return 0
         raise
     finally:
         trainer.tb.close()
     if summary["reason"] not in ("finished", "max_iters"):
-        return 130
+        return 130 if is_main_process() else 0
     return 0
 
 

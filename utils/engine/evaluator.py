@@ -33,7 +33,8 @@ evaluated by two ranks and counted twice, like the reference's DistributedSample
 padding). Each rank
 accumulates its confusion matrix and the matrices are summed with
 ``mpi_all_reduce``; every rank returns the same metrics, and only rank 0 shows a
-progress bar.
+progress bar. A failure on one rank (a corrupt file) is raised on every rank before the
+matrices are summed (utils.engine.distributed.agree), so no rank waits for ever.
 """
 import math
 
@@ -44,6 +45,7 @@ import jittor as jt
 from jittor import nn
 
 from models.ops import resize
+from utils.engine.distributed import agree, is_main_process
 from utils.metrics import ConfusionMatrix, compute_metrics
 
 MST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # the reference's --mst scales (configs' default)
@@ -58,11 +60,6 @@ SIZE_MULTIPLE = 32
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def is_main_process():
-    """True on rank 0 (or without MPI)."""
-    return not jt.in_mpi or jt.rank == 0
-
 
 def is_multi_scale(scales):
     """Multi-scale mode is any scale list other than exactly (1.0,)."""
@@ -259,6 +256,7 @@ def evaluate(model, loader, cfg, scales=(1.0,), flip=False, sliding=False, max_i
     model.eval()
     bar = tqdm(total=_num_batches(loader, max_iters), desc="eval", unit="batch", dynamic_ncols=True,
                disable=not (progress and is_main_process()))
+    failure = None
     try:
         with jt.no_grad():
             for i, batch in enumerate(loader):
@@ -270,9 +268,12 @@ def evaluate(model, loader, cfg, scales=(1.0,), flip=False, sliding=False, max_i
                 if callback is not None:
                     callback(batch, pred)
                 bar.update(1)
+    except Exception as exc:  # under MPI the other ranks must hear of it (raised below)
+        failure = exc
     finally:
         bar.close()
         if was_training:
             model.train()
+    agree(failure, where="during evaluation")
     hist = all_reduce_confusion(confusion.hist)
     return compute_metrics(hist, class_names=cfg.get("class_names"))

@@ -43,6 +43,14 @@ loss stops the run (:class:`NonFiniteLossError`, naming the iteration) before it
 the weights; ``TrainOptions.skip_nonfinite = N`` skips up to N such batches instead
 (no update, logged). :meth:`Trainer.save` refuses to write non-finite weights, so a good
 checkpoint is never replaced by a broken one.
+
+Under MPI (utils.engine.distributed) the ranks agree before every step, in one small
+all-reduce, whether a rank failed to load its batch or received SIGINT/SIGTERM: then every
+rank stops at the same iteration instead of waiting for ever in the next collective;
+rank 0 saves ``latest.pkl`` once and alone prints the error (naming the failing rank and
+its message) with the resume command. A NaN/inf loss is seen by every rank (the loss is
+all-reduced). Such failures carry ``raised_on_all_ranks``: utils/train.py then lets the
+other ranks exit with status 0, so that ``mpirun`` does not end rank 0 before it is done.
 """
 import copy
 import datetime
@@ -61,6 +69,7 @@ import jittor as jt
 from jittor import nn
 
 from utils.checkpoint import CheckpointError, atomic_save, read_checkpoint
+from utils.engine.distributed import agree, is_main_process, mark_agreed, world_size
 from utils.errors import UserError
 
 CHECKPOINT_FORMAT = "dformer-jittor-train/1"
@@ -78,14 +87,6 @@ def non_finite_keys(arrays):
     """Keys of the float arrays in ``arrays`` (a dict) holding a NaN or an infinity."""
     return [k for k, v in arrays.items() if np.issubdtype(np.asarray(v).dtype, np.floating)
             and not np.isfinite(v).all()]
-
-
-def is_main_process():
-    return not jt.in_mpi or jt.rank == 0
-
-
-def world_size():
-    return jt.world_size if jt.in_mpi else 1
 
 
 def derived_seed(*key):
@@ -491,10 +492,10 @@ class Trainer:
         bar.set_description(f"epoch {epoch}/{self.nepochs}")
         batches = iter(self.train_loader)
         for idx in range(first, self.niters):
-            batch = next(batches, None)
-            if batch is None:
-                raise RuntimeError(f"the training loader ran out after {idx} of {self.niters} "
-                                   f"batches in epoch {epoch}")
+            batch, failure = self._next_batch(batches, epoch, idx)
+            stop = self._agree(failure)
+            if stop:
+                return stop
             loss = self.run_iteration(batch)
             if math.isfinite(loss):
                 sum_loss, count = sum_loss + loss, count + 1
@@ -503,13 +504,12 @@ class Trainer:
                 self.validate(round(self.iteration / self.niters, 3))
             if idx + 1 == self.niters:
                 break
-            stop = self._signal_stop()
-            if stop or self.iteration >= end:
-                return stop or "max_iters"
+            if self.iteration >= end:
+                return "max_iters"
             if self.opts.ckpt_every and self.iteration % self.opts.ckpt_every == 0:
                 self.save(self.latest_path)
         self.train_timer.add(time.time() - t0)
-        stop = self._signal_stop()
+        stop = self._agree()
         # On a stop request the epoch's validation is skipped (a Ctrl-C also reaches the
         # data-loader workers); its checkpoint is still written.
         self._end_epoch(epoch, sum_loss / max(count, 1), validate=stop is None)
@@ -570,22 +570,38 @@ class Trainer:
         if len(self._skipped) >= self.opts.skip_nonfinite:
             allowed = (f"{self.opts.skip_nonfinite} already skipped" if self.opts.skip_nonfinite
                        else "--skip-nonfinite N skips up to N such batches")
-            raise NonFiniteLossError(
+            # the loss is all-reduced under MPI: every rank gets here at this iteration
+            raise mark_agreed(NonFiniteLossError(
                 f"loss is {value} at iteration {t} (epoch {epoch + 1}, batch {idx}): training "
                 f"stopped before that step, the weights are intact; check the data (a batch "
-                f"without a valid label gives NaN) or lower the lr ({allowed})")
+                f"without a valid label gives NaN) or lower the lr ({allowed})"))
         self._skipped.append(t)
         self.logger.warning(f"loss is {value} at iteration {t} (epoch {epoch + 1}, batch "
                             f"{idx}): batch skipped, no update ({len(self._skipped)} of at "
                             f"most {self.opts.skip_nonfinite})")
 
-    def _signal_stop(self):
-        """Name of the stop signal received (on any rank under MPI), else None."""
+    def _next_batch(self, batches, epoch, idx):
+        """``(batch, None)``, or ``(None, exception)`` when the loader failed."""
+        try:
+            batch = next(batches, None)
+            if batch is None:
+                raise RuntimeError(f"the training loader ran out after {idx} of {self.niters} "
+                                   f"batches in epoch {epoch}")
+            return batch, None
+        except Exception as exc:  # raised by agree() on every rank at once
+            return None, exc
+
+    def _agree(self, failure=None):
+        """Before each step: all ranks learn whether one failed (then all raise, see
+        utils.engine.distributed) or got a stop signal (then all stop here).
+
+        Returns the stop reason or None. One all-reduce of N+1 floats under MPI.
+        """
         reason = self.stop.reason
-        if jt.in_mpi:  # every rank must stop at the same iteration
-            flag = jt.array([1.0 if reason else 0.0]).mpi_all_reduce("add").item()
-            reason = reason or ("a signal on another rank" if flag > 0 else None)
-        return reason
+        epoch, idx = divmod(self.iteration, self.niters)
+        stop = agree(failure, stop=reason is not None,
+                     where=f"at iteration {self.iteration} (epoch {epoch + 1}, batch {idx})")
+        return reason or ("a signal on another rank" if stop else None)
 
     def _log_iteration(self, epoch, idx, loss, mean_loss, bar):
         lr = self.optimizer.current_lr()
