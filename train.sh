@@ -12,7 +12,8 @@
 #   WORK_DIR  run folder         (default C.log_dir itself for the default config,
 #                                 else <C.log_dir>/<timestamp> chosen by train.py)
 #   PYTHON    interpreter        (default .venv/bin/python if present, else python3)
-#   MPIRUN    MPI launcher and its options (default mpirun)
+#   MPIRUN    MPI launcher and its options (default mpirun; with Open MPI plus
+#             --mca odls_base_sigkill_timeout 10, so Ctrl-C stops and saves)
 # Extra arguments go to utils/train.py (see `python utils/train.py --help`); later flags win,
 # so e.g. `--mst` re-enables the multi-scale validation that the CPU default turns off.
 set -euo pipefail
@@ -34,6 +35,11 @@ fi
 
 if [ "$GPUS" -gt 1 ]; then
     read -r -a LAUNCH <<< "${MPIRUN:-mpirun}"
+    if [ -z "${MPIRUN:-}" ] && mpirun --version 2>/dev/null | grep -q "Open MPI"; then
+        # Ctrl-C: Open MPI sends SIGTERM to every rank and SIGKILL 1 s later, too soon for
+        # rank 0 to finish its step and save; give it 10 s.
+        LAUNCH+=(--mca odls_base_sigkill_timeout 10)
+    fi
     LAUNCH+=(-np "$GPUS")
     if [ "$(id -u)" = 0 ]; then
         LAUNCH+=(--allow-run-as-root)
