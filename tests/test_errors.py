@@ -78,6 +78,10 @@ def test_unknown_option_and_bad_values(files):
                           "unrecognized arguments: --bogus", "--help")
     assert_one_error_line(run(py("utils/train.py", "--config", TINY, "--epochs", "0")),
                           "nepochs must be >= 1")
+    if not os.environ.get("DFORMER_TEST_DEVICE", "cpu").startswith("cuda"):
+        assert_one_error_line(run(py("utils/train.py", "--config", TINY, "--amp", "--work-dir",
+                                     str(files["base"] / "amp"))),
+                              "--amp", "CUDA only")
     proc = run(py("utils/eval.py", "--config", TINY, "--checkpoint", files["foreign"],
                   "--cfg-options", "no_such_key=1"))
     assert_one_error_line(proc, "no_such_key")

@@ -150,12 +150,16 @@ def resume_path(args, work_dir):
 
 
 def resolve_amp(args, device, logger):
-    """(amp, val_amp) actually used; AMP is CUDA-only (one notice on CPU)."""
+    """(amp, val_amp) to use. AMP is CUDA-only: asking for it on the CPU is an error
+    (--val-amp defaults to on for CUDA only)."""
+    if device != "cuda":
+        asked = [f"--{name}" for name, value in (("amp", args.amp), ("val-amp", args.val_amp))
+                 if value]
+        if asked:
+            raise ConfigError(f"{' and '.join(asked)}: mixed precision runs on CUDA only; "
+                              "drop the option, or train where Jittor finds a GPU")
     amp = bool(args.amp) if args.amp is not None else False
     val_amp = bool(args.val_amp) if args.val_amp is not None else device == "cuda"
-    if device != "cuda" and (amp or val_amp):
-        logger.info("Mixed precision (--amp/--val-amp) is CUDA-only: ignored on CPU.")
-        amp = val_amp = False
     if amp:
         logger.warning("--amp: Jittor's automatic mixed precision has no gradient scaler; "
                        "watch the loss for fp16 underflow (use --no-amp if it stalls).")
@@ -274,10 +278,10 @@ def build_trainer(args, cfg=None):
     from utils.engine.trainer import Trainer, TrainOptions, derived_seed
     run = setup_run(args, cfg)
     cfg, logger = run.cfg, run.logger
+    amp, val_amp = resolve_amp(args, run.device, logger)
     state = read_resume_state(run, args)
     if run.rank == 0:
         write_run_info(run.work_dir, cfg, args, logger)
-    amp, val_amp = resolve_amp(args, run.device, logger)
     # Same initial weights on every rank and in every run with this seed.
     jt.set_global_seed(derived_seed(cfg.seed, 0x1D17), different_seed_for_mpi=False)
     model, forward = build_model(cfg, args, run.resume is not None, logger)
