@@ -11,7 +11,7 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from ._common import HEADER, VECTOR_WIDTH, fused_for
+from ._common import HEADER, VECTOR_WIDTH, fused_for, scalar
 from .interpolate import resize
 
 ROWS, COLS, FULL = 0, 1, 2
@@ -499,7 +499,7 @@ def _rotated_qk(qk, q_bias, k_bias, scaling, geo, heads):
     d = c // heads
     sin, cos = geo.sin.reshape((h, w, 1, d)), geo.cos.reshape((h, w, 1, d))
     q = (qk[:, :, :, :c] + q_bias).reshape((b, h, w, heads, d))
-    k = ((qk[:, :, :, c:] + k_bias) * scaling).reshape((b, h, w, heads, d))
+    k = ((qk[:, :, :, c:] + k_bias) * scalar(scaling, qk)).reshape((b, h, w, heads, d))
     return rotate(q, sin, cos).reshape((b, h, w, c)), rotate(k, sin, cos).reshape((b, h, w, c))
 
 

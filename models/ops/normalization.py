@@ -2,7 +2,7 @@
 the CPU, and its gradient (input, weight and bias) in one more kernel."""
 import jittor as jt
 
-from ._common import HEADER, fused_for
+from ._common import HEADER, fused_for, scalar
 
 # LayerNorm of rows: in0 x (N, C), in1 weight (C,), in2 bias (C,) -> out0 (N, C),
 # out1 (N, 2): each row's mean and 1 / sqrt(var + eps), kept for the gradient.
@@ -107,7 +107,7 @@ if (NEED_DW) {
 def layer_norm_plain(x, weight, bias, eps):
     centred = x - x.mean(-1, keepdims=True)
     var = (centred * centred).mean(-1, keepdims=True)
-    return centred / jt.sqrt(var + eps) * weight + bias
+    return centred / jt.sqrt(var + scalar(eps, var)) * weight + bias
 
 
 class _FusedLayerNorm(jt.Function):
