@@ -19,8 +19,8 @@ from .pointwise import pointwise_conv
 from .normalization import layer_norm
 from .softmax import softmax
 
-__all__ = ["ENV_VAR", "fused_kernels", "fused_kernels_enabled", "scalar", "gelu", "batch_norm_train",
-           "batch_norm_train_synced", "flush_to_zero",
+__all__ = ["ENV_VAR", "fused_kernels", "fused_kernels_enabled", "scalar", "gelu",
+           "batch_norm_train", "batch_norm_train_synced", "flush_to_zero",
            "depthwise_conv", "geo_attention", "StageGeometry", "ROWS", "COLS", "FULL",
            "resize", "interp_matrix", "layer_norm", "pointwise_conv",
            "softmax"]

@@ -26,7 +26,9 @@ Optimisers
 checked against PyTorch's (decoupled decay ``p *= 1 - lr*wd`` then the bias-corrected Adam
 step for AdamW; ``buf = m*buf + (g + wd*p)``, ``p -= lr*buf`` for SGD with momentum).
 They add a compact, checked ``state_dict`` (numpy moments, step count, per-group lr/wd;
-no parameter copies) so a resumed run continues bit for bit.
+no parameter copies) so a resumed run continues bit for bit. Their plain steps run in
+the parameters' dtype (float64 included: every constant is made in that dtype, as Jittor
+would round a Python float to float32), with Jittor's order of operations.
 
 Learning-rate schedule (the reference's linear warm-up, then poly decay)
 ------------------------------------------------------------------------
@@ -44,6 +46,7 @@ import jittor as jt
 from jittor import nn
 
 from models.layers import BatchNorm2d
+from models.ops import scalar
 
 # ----------------------------------------------------------------------------- param groups
 
@@ -189,7 +192,7 @@ class _StateMixin:
             g["lr"], g["weight_decay"] = s["lr"], s["weight_decay"]
             for key in self.STATE_KEYS:
                 for var, value in zip(g[key], s[key]):
-                    var.update(jt.array(np.asarray(value, dtype=str(var.dtype))).stop_grad())
+                    var.update(jt.array(np.asarray(value), dtype=str(var.dtype)).stop_grad())
         self.n_step = int(state["n_step"])
         self.lr = float(state["lr"])
 
@@ -201,6 +204,11 @@ class _StateMixin:
 
     def current_lr(self):
         return float(self.param_groups[0].get("lr", self.lr))
+
+
+def _constants(values, like):
+    """The step's scalars as constants of ``like``'s dtype (see the module docstring)."""
+    return [scalar(v, like) for v in values]
 
 
 # One OpenMP kernel updates up to _ADAMW_CHUNK tensors of a group: Jittor's own step
@@ -321,32 +329,44 @@ def adamw_fused_applies(optimizer):
 class AdamW(_StateMixin, jt.optim.AdamW):
     """PyTorch-equivalent AdamW (decoupled weight decay) with per-group weight decay.
 
-    On the CPU the update runs as fused OpenMP kernels (``_ADAMW_SRC``) with Jittor's
-    arithmetic; elsewhere (CUDA, fused kernels off) Jittor's own ``step`` runs.
+    On the CPU the update of float32 tensors runs as fused OpenMP kernels
+    (``_ADAMW_SRC``) with Jittor's arithmetic; elsewhere (CUDA, fused kernels off,
+    float64) :meth:`_plain_step` runs Jittor's ``AdamW.step`` in the tensors' dtype.
     """
 
     STATE_KEYS = ("m", "values")
 
-    def step(self, loss=None, retain_graph=False):
-        if loss is not None:
-            self.pre_step(loss, retain_graph)
-            loss = None
-        if not adamw_fused_applies(self):
-            return super().step(None, retain_graph)
-        self.pre_step(None, retain_graph)
+    def _scalars(self, pg, dtype):
+        """The step's scalars for group ``pg`` in ``dtype`` (float32: as Jittor rounds the
+        Python floats of its step): 1 - lr * wd, b0, 1 - b0, b1, 1 - b1, sqrt(1 - b1^n),
+        eps and lr / (1 - b0^n)."""
         n = float(self.n_step)
+        lr = pg.get("lr", self.lr)
+        weight_decay = pg.get("weight_decay", self.weight_decay)
+        b0, b1 = pg.get("betas", self.betas)
+        sqrt_bc2 = np.sqrt(np.dtype(dtype).type(1 - b1 ** n))
+        return np.array([1 - lr * weight_decay, b0, 1 - b0, b1, 1 - b1, sqrt_bc2,
+                         pg.get("eps", self.eps), lr / (1 - b0 ** n)], dtype=dtype)
+
+    def _plain_step(self):
         for pg in self.param_groups:
-            lr = pg.get("lr", self.lr)
-            eps = pg.get("eps", self.eps)
-            weight_decay = pg.get("weight_decay", self.weight_decay)
-            b0, b1 = pg.get("betas", self.betas)
-            bias_correction1 = 1 - b0 ** n
-            bias_correction2 = 1 - b1 ** n
-            # each scalar rounded to float32 as Jittor rounds the Python floats of its step
-            scalars = np.array([1 - lr * weight_decay, b0, 1 - b0, b1, 1 - b1,
-                                np.sqrt(np.float32(bias_correction2)), eps,
-                                lr / bias_correction1], dtype=np.float32)
-            scalars = jt.array(scalars).stop_grad()
+            consts = {}
+            for p, g, v, m in zip(pg["params"], pg["grads"], pg["values"], pg["m"]):
+                if p.is_stop_grad():
+                    continue
+                dtype = str(p.dtype)
+                if dtype not in consts:
+                    consts[dtype] = _constants(self._scalars(pg, dtype), p)
+                decay, b0, one_b0, b1, one_b1, sqrt_bc2, eps, step_size = consts[dtype]
+                p.update(p * decay)
+                m.update(b0 * m + one_b0 * g)
+                v.update(b1 * v + one_b1 * g * g)
+                denom = jt.sqrt(v) / sqrt_bc2 + eps
+                p.update(p - step_size * m / denom)
+
+    def _fused_step(self):
+        for pg in self.param_groups:
+            scalars = jt.array(self._scalars(pg, "float32")).stop_grad()
             items = [(p, g, m, v) for p, g, v, m in zip(pg["params"], pg["grads"], pg["values"],
                                                         pg["m"]) if not p.is_stop_grad()]
             for start in range(0, len(items), _ADAMW_CHUNK):
@@ -362,13 +382,45 @@ class AdamW(_StateMixin, jt.optim.AdamW):
                     m.update(outs[nt + i])
                     v.update(outs[2 * nt + i])
                     p.update(outs[i])
+
+    def step(self, loss=None, retain_graph=False):
+        self.pre_step(loss, retain_graph)    # the gradients first: the fused check sees them
+        if adamw_fused_applies(self):
+            self._fused_step()
+        else:
+            self._plain_step()
         self.post_step()
 
 
 class SGDM(_StateMixin, jt.optim.SGD):
-    """SGD with momentum and L2 weight decay (PyTorch ``SGD`` with dampening 0)."""
+    """SGD with momentum and L2 weight decay (PyTorch ``SGD`` with dampening 0):
+    Jittor's ``SGD.step`` in the tensors' dtype."""
 
     STATE_KEYS = ("values",)
+
+    def step(self, loss=None, retain_graph=False):
+        self.pre_step(loss, retain_graph)
+        for pg in self.param_groups:
+            lr = pg.get("lr", self.lr)
+            momentum = pg.get("momentum", self.momentum)
+            weight_decay = pg.get("weight_decay", self.weight_decay)
+            dampening = pg.get("dampening", self.dampening)
+            nesterov = pg.get("nesterov", self.nesterov)
+            consts = {}
+            for p, g, v in zip(pg["params"], pg["grads"], pg["values"]):
+                if p.is_stop_grad():
+                    continue
+                dtype = str(p.dtype)
+                if dtype not in consts:
+                    consts[dtype] = _constants([weight_decay, momentum, 1 - dampening, lr], p)
+                c_wd, c_momentum, undamped, c_lr = consts[dtype]
+                dp = p * c_wd + g
+                v.update(c_momentum * v + dp * undamped)
+                if nesterov:
+                    p.update(p - (dp + c_momentum * v) * c_lr)
+                else:
+                    p.update(p - v * c_lr)
+        self.post_step()
 
 
 def build_optimizer(cfg, groups):
