@@ -67,6 +67,10 @@ def f32_bound(ref64_norm, ref32_dist, scale):
     return 3.0 * ref32_dist + F32_FLIP * ref64_norm + FLOOR32 * scale
 
 
+def _first(pair):
+    return pair[0]
+
+
 def check_common(ours, case, dtype):
     """lr per step exact, groups equal, losses; returns the worst relative loss error."""
     assert ours["lrs"] == case["lr_per_step"], (ours["lrs"], case["lr_per_step"])
@@ -98,8 +102,8 @@ def compare(what, ours, ref64, ref32_dist, dtype, assert_it=True):
         else:
             bound = f32_bound(norm, ref32_dist[name], scale)
         if norm > floor:
-            worst = max(worst, (dist / norm, name))
-        ratio = max(ratio, (dist / bound, name))
+            worst = max(worst, (dist / norm, name), key=_first)
+        ratio = max(ratio, (dist / bound, name), key=_first)
         if dist > bound:
             bad.append(f"{name}: {dist:.3e} > {bound:.3e} (norm {norm:.3e})")
     print(f"{what} ({dtype}): worst relative distance {worst[0]:.2e} ({worst[1]}; tensors of "
@@ -181,6 +185,6 @@ def test_full_case(case_id, dtype, fused, tmp_path):
         ours_u = (final[k] - init[k].astype(np.float64).ravel())[keep]
         ref_u = (s64[k].ravel() - init[k].astype(np.float64).ravel())[keep]
         rel = float(np.linalg.norm(ours_u - ref_u) / max(np.linalg.norm(ref_u), 1e-30))
-        worst = max(worst, (rel, k))
+        worst = max(worst, (rel, k), key=_first)
     print(f"state_final ({dtype}, updates where the step-0 sign is determined): worst "
           f"relative distance {worst[0]:.2e} ({worst[1]})")
