@@ -23,8 +23,7 @@ import jittor as jt
 from jittor import nn
 
 from ..layers import BatchNorm2d, DropPath, GELU, drop_path_rates, pool_matrix
-from ..ops import depthwise_conv, interp_matrix, layer_norm, softmax
-from ..ops import scalar
+from ..ops import depthwise_conv, interp_matrix, layer_norm, scalar, softmax
 
 __all__ = ["DFormer", "dformer_tiny", "dformer_small", "dformer_base", "dformer_large"]
 

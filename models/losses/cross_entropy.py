@@ -117,7 +117,8 @@ def cross_entropy(logits, label, ignore_index=255, reduction="mean"):
     """Cross-entropy of (B, K, H, W) logits against (B, H, W) integer labels.
 
     Computed as logsumexp(logits) - logits[label] with a max-shifted
-    log-sum-exp, in float32 (float64 logits stay float64). Pixels labelled ``ignore_index`` contribute 0.
+    log-sum-exp, in float32 (float64 logits stay float64). Pixels labelled
+    ``ignore_index`` contribute 0.
 
     Args:
         logits (jt.Var): (B, K, H, W) class scores.

@@ -104,7 +104,7 @@ VECTOR_WIDTH = 16
 
 
 def scalar(value, like):
-    """``value`` (a number or an array) as a constant of ``like``'s dtype.
+    """``value`` (a number or an array) as a constant (stop-grad) of ``like``'s dtype.
 
     Jittor turns a Python float operand into a float32 constant (``x64 * 0.1`` is off by
     1.5e-9) and a float64 numpy array into a float32 Var, which float64 arithmetic must not
@@ -115,5 +115,6 @@ def scalar(value, like):
     """
     dtype = str(like.dtype)
     if dtype == "float64" and np.size(value) == 1 and np.ndim(value) <= 1:
-        return jt.array(np.full((2,), np.asarray(value).item(), dtype), dtype=dtype)[:1]
-    return jt.array(value, dtype=dtype)
+        pair = np.full((2,), np.asarray(value).item(), dtype)
+        return jt.array(pair, dtype=dtype)[:1].stop_grad()
+    return jt.array(value, dtype=dtype).stop_grad()
