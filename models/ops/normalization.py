@@ -105,8 +105,11 @@ if (NEED_DW) {
 
 
 def layer_norm_plain(x, weight, bias, eps):
-    centred = x - x.mean(-1, keepdims=True)
-    var = (centred * centred).mean(-1, keepdims=True)
+    # sums times 1/C in x's dtype, not mean(): Jittor's gradient of mean() scales by 1/C
+    # as a float32 constant (1e-8 off in float64 when C is not a power of 2)
+    inv_c = scalar(1.0 / x.shape[-1], x)
+    centred = x - x.sum(-1, keepdims=True) * inv_c
+    var = (centred * centred).sum(-1, keepdims=True) * inv_c
     return centred / jt.sqrt(var + scalar(eps, var)) * weight + bias
 
 
