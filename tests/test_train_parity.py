@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from parity_fixtures import bundled_manifest, synthetic_weights
-from train_parity import read_case, run_case
+from train_parity import run_case
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUNDLE = os.path.join(HERE, "fixtures", "train_parity")
