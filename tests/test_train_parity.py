@@ -203,3 +203,34 @@ def test_full_case(case_id, dtype, fused, tmp_path):
         worst = max(worst, (rel, k), key=_first)
     print(f"state_final ({dtype}, updates where the step-0 sign is determined): worst "
           f"relative distance {worst[0]:.2e} ({worst[1]})")
+
+
+# ----------------------------------------------------------------------------- float64 units
+
+def test_float64_plain_gradients_exact():
+    """The plain LayerNorm (C = 96, not a power of 2) and GELU gradients in float64 against
+    their closed forms: Jittor's own gradients of ``mean()`` and ``erf`` hold float32
+    constants (1e-8 off), which the bundled cases (power-of-2 widths) would not show."""
+    import math
+
+    import jittor as jt
+    from models.ops.activation import gelu_plain
+    from models.ops.normalization import layer_norm_plain
+
+    rng = np.random.RandomState(5)
+    x, r = rng.randn(2, 5, 96) * 3 + 1, rng.randn(2, 5, 96)
+    w, b = rng.rand(96) + 0.5, rng.randn(96)
+    xv = jt.array(x, dtype="float64")
+    out = layer_norm_plain(xv, jt.array(w, dtype="float64"), jt.array(b, dtype="float64"), 1e-6)
+    got = jt.grad((out * jt.array(r, dtype="float64")).sum(), xv).numpy()
+    sigma = np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+    xhat, dy = (x - x.mean(-1, keepdims=True)) / sigma, r * w
+    want = (dy - dy.mean(-1, keepdims=True) - xhat * (dy * xhat).mean(-1, keepdims=True)) / sigma
+    assert np.abs(got - want).max() <= 1e-13 * np.abs(want).max()
+
+    out = gelu_plain(xv)
+    got = jt.grad((out * jt.array(r, dtype="float64")).sum(), xv).numpy()
+    erf = np.vectorize(math.erf)
+    want = r * (0.5 * (1 + erf(x / math.sqrt(2))) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi))
+    assert np.abs(got - want).max() <= 1e-13 * np.abs(want).max()
+    assert np.abs(out.numpy() - x * 0.5 * (1 + erf(x / math.sqrt(2)))).max() <= 1e-14 * np.abs(x).max()
