@@ -51,6 +51,23 @@ class EncoderDecoder(nn.Module):
                     "C.pretrained_model = None in the config to train from scratch.")
             self.pretrained_report = load_pretrained_backbone(self.backbone, pretrained)
 
+    def to_dtype(self, dtype):
+        """Cast every floating parameter and buffer to ``dtype`` ("float32" or "float64").
+
+        float64 is the verification path (tests/test_train_parity.py): the forward, the loss,
+        the optimiser and the schedule follow the parameters' dtype, and the fused CPU
+        kernels, float32-only, step aside for the plain operators.
+        """
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', not {dtype!r}")
+        for var in self.state_dict().values():
+            if var.dtype.is_float() and str(var.dtype) != dtype:
+                stopped = var.is_stop_grad()
+                var.assign(var.cast(dtype))
+                if stopped:
+                    var.stop_grad()
+        return self
+
     def checkpoint_filter(self, state_dict):
         """The backbone's and the decode head's checkpoint filters on their keys (see
         utils.checkpoint); the PointRend head's maps mmseg's cascade layout."""
@@ -99,14 +116,15 @@ class EncoderDecoder(nn.Module):
         return loss
 
 
-def build_model(cfg, checkpoint=None, strict=True, sync_bn=True):
+def build_model(cfg, checkpoint=None, strict=True, sync_bn=True, dtype="float32"):
     """Build the segmentor of ``cfg`` and load ``checkpoint`` (official ``.pth`` or ours).
 
     With a checkpoint the ImageNet-pretrained backbone file is not needed (the trained
-    weights replace it), unlike the reference which always reads it.
+    weights replace it), unlike the reference which always reads it. ``dtype="float64"``
+    gives the verification path (:meth:`EncoderDecoder.to_dtype`).
     """
     model = EncoderDecoder(cfg, load_pretrained=checkpoint is None, sync_bn=sync_bn)
     if checkpoint is not None:
         from utils.checkpoint import load_trained_weights
         model.load_report = load_trained_weights(model, checkpoint, strict=strict)
-    return model
+    return model.to_dtype(dtype)

@@ -160,14 +160,14 @@ class ConvModule(nn.Module):
 
 
 @functools.lru_cache(maxsize=256)
-def pool_matrix(out_size, in_size):
-    """(out_size, in_size) averaging matrix with PyTorch's adaptive-pool bins."""
+def pool_matrix(out_size, in_size, dtype=np.float32):
+    """(out_size, in_size) averaging matrix (``dtype``) with PyTorch's adaptive-pool bins."""
     m = np.zeros((out_size, in_size), dtype=np.float64)
     for i in range(out_size):
         start = (i * in_size) // out_size
         end = -((-(i + 1) * in_size) // out_size)
         m[i, start:end] = 1.0 / (end - start)
-    return m.astype(np.float32)
+    return m.astype(dtype)
 
 
 def adaptive_avg_pool2d(x, size):
@@ -175,4 +175,5 @@ def adaptive_avg_pool2d(x, size):
     if isinstance(size, int):
         size = (size, size)
     h, w = x.shape[-2:]
-    return interpolate.separable(x, pool_matrix(size[0], h), pool_matrix(size[1], w))
+    dtype = np.dtype(str(x.dtype))
+    return interpolate.separable(x, pool_matrix(size[0], h, dtype), pool_matrix(size[1], w, dtype))

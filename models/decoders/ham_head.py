@@ -142,8 +142,9 @@ class NMF2D(nn.Module):
         self.eps = eps
         self.fixed_bases = None
 
-    def draw_bases(self, n, d):
-        """(n, d, R) bases: the random U[0,1) draw (or ``fixed_bases``), L2-normalised over d."""
+    def draw_bases(self, n, d, dtype="float32"):
+        """(n, d, R) bases: the random U[0,1) draw (or ``fixed_bases``), L2-normalised over d
+        in ``dtype`` (the input's)."""
         if self.fixed_bases is not None:
             fixed = np.asarray(self.fixed_bases, dtype=np.float32)
             if fixed.shape != (n, d, self.R):
@@ -151,6 +152,7 @@ class NMF2D(nn.Module):
             bases = jt.array(fixed)
         else:
             bases = jt.rand((n, d, self.R), dtype="float32", requires_grad=False)
+        bases = bases.cast(dtype)
         norm = jt.sqrt((bases * bases).sum(dim=1, keepdims=True))
         return (bases / jt.maximum(norm, 1e-12)).stop_grad()
 
@@ -178,7 +180,7 @@ class NMF2D(nn.Module):
         b, c, h, w = x.shape
         n, d = b * self.S, c // self.S
         mats = x.reshape((n, d, h * w))
-        bases = self.draw_bases(n, d)
+        bases = self.draw_bases(n, d, str(x.dtype))
         steps = self.train_steps if self.is_training() else self.eval_steps
         outs = [self._factorise(mats[i], bases[i], steps) for i in range(n)]
         out = outs[0].unsqueeze(0) if n == 1 else jt.stack(outs, dim=0)

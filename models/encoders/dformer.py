@@ -23,7 +23,7 @@ import jittor as jt
 from jittor import nn
 
 from ..layers import BatchNorm2d, DropPath, GELU, drop_path_rates, pool_matrix
-from ..ops import depthwise_conv, interp_matrix, layer_norm, softmax
+from ..ops import depthwise_conv, interp_matrix, layer_norm, scalar, softmax
 
 __all__ = ["DFormer", "dformer_tiny", "dformer_small", "dformer_base", "dformer_large"]
 
@@ -45,16 +45,16 @@ def checkpoint_filter_fn(state_dict, prefix=""):
 
 
 @functools.lru_cache(maxsize=64)
-def _pool_interp_matrices(h, w, window):
+def _pool_interp_matrices(h, w, window, dtype=np.float32):
     """(window^2, h*w) adaptive-average-pool and (h*w, window^2) bilinear matrices.
 
     Both act on flattened (row-major) spatial positions of one image, so pooling
     a channels-last map is ``P @ x`` and upsampling back is ``U @ y``. The 2-D
     operators are Kronecker products of PyTorch's 1-D bins / half-pixel weights.
     """
-    pool = np.kron(pool_matrix(window, h), pool_matrix(window, w))
-    up = np.kron(interp_matrix(h, window), interp_matrix(w, window))
-    return pool.astype(np.float32), up.astype(np.float32)
+    pool = np.kron(pool_matrix(window, h, dtype), pool_matrix(window, w, dtype))
+    up = np.kron(interp_matrix(h, window, dtype=dtype), interp_matrix(w, window, dtype=dtype))
+    return pool.astype(dtype), up.astype(dtype)
 
 
 class FoldedBiasLinear(nn.Linear):
@@ -195,12 +195,12 @@ class Attention(nn.Module):
         half, heads = c // 2, self.num_heads
         head_dim = half // heads
         n, win2 = h * w, self.window * self.window
-        pool_np, up_np = _pool_interp_matrices(h, w, self.window)
-        pool, up = jt.array(pool_np).stop_grad(), jt.array(up_np).stop_grad()
+        pool_np, up_np = _pool_interp_matrices(h, w, self.window, np.dtype(str(t.dtype)))
+        pool, up = scalar(pool_np, t), scalar(up_np, t)
 
         pooled = jt.concat([_mix_rows(pool, x.reshape(b, n, c)),
                             _mix_rows(pool, x_e.reshape(b, n, half))], -1)
-        query = self.short_cut_linear(pooled) * (head_dim ** -0.5)  # (B, win2, C/2)
+        query = self.short_cut_linear(pooled) * scalar(head_dim ** -0.5, t)  # (B, win2, C/2)
 
         # kv's output is [keys | values], head-major. Both halves are computed
         # without their bias: a key bias adds the same constant to every score
@@ -214,7 +214,7 @@ class Attention(nn.Module):
         # All heads in one product: query rows are replicated per head and
         # masked to that head's columns, so row (head, i) only sees its head.
         head_mask = np.kron(np.eye(heads, dtype=np.float32), np.ones((1, head_dim), np.float32))
-        head_mask = jt.array(head_mask.reshape(heads, 1, half)).stop_grad()
+        head_mask = scalar(head_mask.reshape(heads, 1, half), t)
         query = (query.unsqueeze(1) * head_mask).reshape(b, heads * win2, half)
 
         outs = []

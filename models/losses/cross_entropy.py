@@ -103,7 +103,7 @@ def _pixel_loss_plain(x, label, valid, ignore_index):
     z = x - shift
     lse = z.exp().sum(dim=1).log()
     classes = jt.arange(num_classes, dtype="int32").reshape((1, num_classes, 1, 1))
-    onehot = (classes == label.unsqueeze(1)).float32()
+    onehot = (classes == label.unsqueeze(1)).cast(x.dtype)
     target = (z * onehot).sum(dim=1)
     return (lse - target) * valid
 
@@ -117,7 +117,8 @@ def cross_entropy(logits, label, ignore_index=255, reduction="mean"):
     """Cross-entropy of (B, K, H, W) logits against (B, H, W) integer labels.
 
     Computed as logsumexp(logits) - logits[label] with a max-shifted
-    log-sum-exp, in float32. Pixels labelled ``ignore_index`` contribute 0.
+    log-sum-exp, in float32 (float64 logits stay float64). Pixels labelled
+    ``ignore_index`` contribute 0.
 
     Args:
         logits (jt.Var): (B, K, H, W) class scores.
@@ -138,9 +139,9 @@ def cross_entropy(logits, label, ignore_index=255, reduction="mean"):
                          f"{tuple(logits.shape)} and {tuple(label.shape)}")
     if reduction not in ("none", "sum", "mean"):
         raise ValueError(f"unknown reduction {reduction!r}")
-    x = logits.float32()
+    x = logits if str(logits.dtype) == "float64" else logits.float32()
     label = label.int32()
-    valid = (label != ignore_index).float32()
+    valid = (label != ignore_index).cast(x.dtype)
     if can_use(x):
         loss = _FusedPixelCrossEntropy(ignore_index)(x, label)
     else:

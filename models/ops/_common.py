@@ -7,6 +7,8 @@ rounding; the switch below picks between them.
 """
 import os
 
+import numpy as np
+
 import jittor as jt
 
 ENV_VAR = "DFORMER_FUSED_KERNELS"
@@ -107,7 +109,17 @@ VECTOR_WIDTH = 16
 
 
 def scalar(value, like):
-    """``value`` as a constant of ``like``'s dtype. Jittor turns a Python float operand
-    into a float32 constant (``x64 * 0.1`` is off by 1.5e-9), which float64 arithmetic
-    must not see."""
-    return jt.array(value, dtype=str(like.dtype))
+    """``value`` (a number or an array) as a constant (stop-grad) of ``like``'s dtype.
+
+    Jittor turns a Python float operand into a float32 constant (``x64 * 0.1`` is off by
+    1.5e-9) and a float64 numpy array into a float32 Var, which float64 arithmetic must not
+    see. A float64 number is made a 2-element array's first element: Jittor fuses a
+    (1,)-shaped constant into the kernels that use it, and in a whole training step such
+    float64 constants were measured to come out with another constant's value (an AdamW
+    step scaling the weights by 1 - beta1 instead of 1 - lr * wd).
+    """
+    dtype = str(like.dtype)
+    if dtype == "float64" and np.size(value) == 1 and np.ndim(value) <= 1:
+        pair = np.full((2,), np.asarray(value).item(), dtype)
+        return jt.array(pair, dtype=dtype)[:1].stop_grad()
+    return jt.array(value, dtype=dtype).stop_grad()

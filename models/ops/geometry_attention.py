@@ -11,7 +11,7 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from ._common import HEADER, VECTOR_WIDTH, fused_for
+from ._common import HEADER, VECTOR_WIDTH, fused_for, scalar
 from .interpolate import resize
 
 ROWS, COLS, FULL = 0, 1, 2
@@ -415,14 +415,14 @@ class StageGeometry:
 
     ``depth`` is the depth map bilinearly resized to the stage grid, (B, h, w).
     ``sin``/``cos`` are the ``(h, w, key_dim)`` rotary tables over the
-    flattened token index (float32 like the reference); ``sin`` carries the
+    flattened token index (in the angles' dtype, as the reference); ``sin`` carries the
     sign of the pair rotation, see :func:`rotate`. Distance terms for the
     plain attention are built on first use, see :meth:`distances`.
     """
 
     def __init__(self, h, w, depth, angle):
         self.h, self.w = h, w
-        index = jt.arange(h * w).float32().reshape((h * w, 1))
+        index = jt.arange(h * w).cast(angle.dtype).reshape((h * w, 1))
         phase = index * angle.reshape((1, -1))
         sign = jt.array(np.tile(np.array([-1.0, 1.0], np.float32), angle.shape[0] // 2))
         self.sin = (jt.sin(phase) * sign).reshape((h, w, -1))
@@ -499,7 +499,7 @@ def _rotated_qk(qk, q_bias, k_bias, scaling, geo, heads):
     d = c // heads
     sin, cos = geo.sin.reshape((h, w, 1, d)), geo.cos.reshape((h, w, 1, d))
     q = (qk[:, :, :, :c] + q_bias).reshape((b, h, w, heads, d))
-    k = ((qk[:, :, :, c:] + k_bias) * scaling).reshape((b, h, w, heads, d))
+    k = ((qk[:, :, :, c:] + k_bias) * scalar(scaling, qk)).reshape((b, h, w, heads, d))
     return rotate(q, sin, cos).reshape((b, h, w, c)), rotate(k, sin, cos).reshape((b, h, w, c))
 
 

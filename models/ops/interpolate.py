@@ -8,12 +8,12 @@ import functools
 import numpy as np
 import jittor as jt
 
-from ._common import HEADER, fused_for
+from ._common import HEADER, fused_for, scalar
 
 
 @functools.lru_cache(maxsize=256)
-def interp_matrix(out_size, in_size, align_corners=False):
-    """(out_size, in_size) float32 matrix of 1-D linear interpolation weights.
+def interp_matrix(out_size, in_size, align_corners=False, dtype=np.float32):
+    """(out_size, in_size) matrix (``dtype``) of 1-D linear interpolation weights.
 
     ``align_corners=False`` follows PyTorch's half-pixel rule:
     src = max(0, (dst + 0.5) * in / out - 0.5), no antialiasing.
@@ -29,7 +29,7 @@ def interp_matrix(out_size, in_size, align_corners=False):
         w1 = src - i0
         m[dst, i0] += 1.0 - w1
         m[dst, i1] += w1
-    return m.astype(np.float32)
+    return m.astype(dtype)
 
 
 @functools.lru_cache(maxsize=256)
@@ -58,8 +58,8 @@ def separable(x, mat_h, mat_w):
     ho, wo = mat_h.shape[0], mat_w.shape[0]
     if (ho, wo) == (h, w) and np.array_equal(mat_h, np.eye(h)) and np.array_equal(mat_w, np.eye(w)):
         return x
-    mh = jt.array(mat_h).stop_grad()
-    mw_t = jt.array(np.ascontiguousarray(mat_w.T)).stop_grad()
+    mh = scalar(mat_h, x)
+    mw_t = scalar(np.ascontiguousarray(mat_w.T), x)
     y = jt.matmul(x.reshape((n * c * h, w)), mw_t)                  # (N C H, Wo)
     y = y.reshape((n * c, h, wo)).transpose((1, 0, 2)).reshape((h, n * c * wo))
     y = jt.matmul(mh, y)                                            # (Ho, N C Wo)
@@ -118,8 +118,9 @@ class _FusedResize(jt.Function):
 
 def resize_plain(x, size, align_corners=False):
     h, w = x.shape[-2:]
-    return separable(x, interp_matrix(size[0], h, align_corners),
-                     interp_matrix(size[1], w, align_corners))
+    dtype = np.dtype(str(x.dtype))
+    return separable(x, interp_matrix(size[0], h, align_corners, dtype),
+                     interp_matrix(size[1], w, align_corners, dtype))
 
 
 def can_use(x):

@@ -2,7 +2,7 @@
 the CPU, and its gradient (input, weight and bias) in one more kernel."""
 import jittor as jt
 
-from ._common import HEADER, fused_for
+from ._common import HEADER, fused_for, scalar
 
 # LayerNorm of rows: in0 x (N, C), in1 weight (C,), in2 bias (C,) -> out0 (N, C),
 # out1 (N, 2): each row's mean and 1 / sqrt(var + eps), kept for the gradient.
@@ -105,9 +105,12 @@ if (NEED_DW) {
 
 
 def layer_norm_plain(x, weight, bias, eps):
-    centred = x - x.mean(-1, keepdims=True)
-    var = (centred * centred).mean(-1, keepdims=True)
-    return centred / jt.sqrt(var + eps) * weight + bias
+    # sums times 1/C in x's dtype, not mean(): Jittor's gradient of mean() scales by 1/C
+    # as a float32 constant (1e-8 off in float64 when C is not a power of 2)
+    inv_c = scalar(1.0 / x.shape[-1], x)
+    centred = x - x.sum(-1, keepdims=True) * inv_c
+    var = (centred * centred).sum(-1, keepdims=True) * inv_c
+    return centred / jt.sqrt(var + scalar(eps, var)) * weight + bias
 
 
 class _FusedLayerNorm(jt.Function):

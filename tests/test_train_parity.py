@@ -1,0 +1,236 @@
+"""Training steps against the official PyTorch code (cases from ``gen_train_case.py``).
+
+Every case runs through the project's training path (tests/train_parity.py: the model as
+utils/train.py builds it, its optimiser and schedule, one ``Trainer.run_iteration`` per
+step) and is compared with the official code's run of the same steps:
+
+* **float64** (the proof of the math): losses, step-0 gradients, and every parameter and
+  BatchNorm statistic after the last step within ``F64_REL`` of the official float64 run;
+  the lr of every step exactly; the decay / no-decay / never-updated name sets equal.
+* **float32** as users train, fused CPU kernels on and off: losses within 1e-4, lr and
+  groups exact, step-0 gradients by the flip-tolerant rule of :func:`f32_bound`. The final
+  state is printed, not asserted (see ``F32_FLIP``).
+
+Bundled cases (tests/fixtures/train_parity, NYU DFormer-Tiny and DFormerv2-S at 64x64,
+3 steps) hold fingerprints only: 4 fixed random projections per tensor
+(``fingerprint``), compared as a vector. The full set, every ``*/*/train_case*`` under
+``$DFORMER_TRAIN_PARITY_ROOT`` written with ``--save-float64``, is compared element-wise.
+"""
+import glob
+import os
+import zlib
+
+import numpy as np
+import pytest
+
+from parity_fixtures import bundled_manifest, synthetic_weights
+from train_parity import run_case
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUNDLE = os.path.join(HERE, "fixtures", "train_parity")
+BUNDLED = sorted(os.path.relpath(p, BUNDLE)
+                 for p in glob.glob(os.path.join(BUNDLE, "*", "*", "train_case*")))
+FULL_ROOT = os.environ.get("DFORMER_TRAIN_PARITY_ROOT")
+FULL = sorted(os.path.relpath(p, FULL_ROOT)
+              for p in glob.glob(os.path.join(FULL_ROOT, "*", "*", "train_case*"))) \
+    if FULL_ROOT else []
+MODES = [("float64", True), ("float32", True), ("float32", False)]
+MODE_IDS = ["float64", "float32-fused", "float32-plain"]
+# CI time: DFormerv2-S's plain float32 run (20 s) is left to the full set.
+BUNDLED_RUNS = [pytest.param(case, *mode, id=f"{case}-{name}")
+                for case in BUNDLED for mode, name in zip(MODES, MODE_IDS)
+                if not ("DFormerv2" in case and name == "float32-plain")]
+
+# float64 against float64: relative bound per tensor (and per loss), measured worst case in
+# the README's "Faithfulness" section. FLOOR (relative to the norm of all tensors together)
+# covers tensors whose exact value is 0, e.g. the gradient of a bias right before a
+# normalisation, which both runs give as rounding noise of 1e-17.
+F64_REL = 1e-9
+FLOOR = 1e-12
+# float32: a ReLU/max decision within rounding of zero may go the other way than in the
+# reference and, through the train-mode BatchNorm backward, move every upstream gradient;
+# measured by the case generator's author on NYU DFormerv2-L: 3.8e-4 of the tensor's norm
+# from one flipped element. Allowance per tensor: F32_FLIP of its norm, on top of three
+# times the reference's own float32 distance from float64. Measured worst case: NYU
+# DFormer-Large (weight seed 1004, data seed 12, 96x128), fused kernels, 3.1e-3 of the norm
+# of a stage-0 bias gradient, where the plain float32 run of the same case stays at 9.4e-6
+# and every other config at <= 2.2e-4 (a flipped decision's signature); hence 5e-3.
+F32_FLIP = 5e-3
+# float32: a tensor whose exact value is 0 holds the rounding of everything upstream; its
+# floor is float32's epsilon relative to the norm of all tensors together.
+FLOOR32 = 1.2e-7
+LOSS32_REL = 1e-4
+
+
+def fingerprint(name, a):
+    """The generator's 4 projections of ``a``: seeded by crc32(name), float64."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    rng = np.random.RandomState(zlib.crc32(name.encode()) & 0x7FFFFFFF)
+    return np.array([rng.standard_normal(a.size) @ a for _ in range(4)])
+
+
+def f32_bound(ref64_norm, ref32_dist, scale):
+    """Largest distance from float64 allowed to our float32 tensor: 3x the official
+    float32 run's, plus the flip allowance, plus the floor."""
+    return 3.0 * ref32_dist + F32_FLIP * ref64_norm + FLOOR32 * scale
+
+
+def _first(pair):
+    return pair[0]
+
+
+def check_common(ours, case, dtype):
+    """lr per step exact, groups equal, losses; returns the worst relative loss error."""
+    assert ours["lrs"] == case["lr_per_step"], (ours["lrs"], case["lr_per_step"])
+    for name in ("decay", "no_decay", "not_optimised"):
+        expected = set(case["groups"][name])
+        assert ours["groups"][name] == expected, (
+            f"{name}: only ours {sorted(ours['groups'][name] - expected)[:5]}, only the "
+            f"reference {sorted(expected - ours['groups'][name])[:5]}")
+    losses = np.array(ours["losses"])
+    if "loss_per_step_f64" in case:
+        ref = np.array(case["loss_per_step_f64"])
+        err = float(np.max(np.abs(losses - ref) / np.abs(ref)))
+        assert err <= (F64_REL if dtype == "float64" else LOSS32_REL), (list(losses), list(ref))
+        return err
+    # a case without the float64 losses: against the float32 ones, whose own distance from
+    # float64 the generator records
+    ref = np.array(case["loss_per_step"])
+    slack = case["noise"]["loss_max_abs"] if dtype == "float64" else LOSS32_REL * np.abs(ref)
+    assert np.all(np.abs(losses - ref) <= slack + F64_REL * np.abs(ref)), (list(losses), list(ref))
+    return float(np.max(np.abs(losses - ref) / np.abs(ref)))
+
+
+def compare(what, ours, ref64, ref32_dist, dtype, assert_it=True):
+    """Per-tensor check of ``ours`` (name -> vector) against ``ref64`` (name -> vector);
+    ``ref32_dist`` (name -> distance of the official float32 run from float64).
+    Returns the worst relative distance and its tensor."""
+    missing = [k for k in ours if k not in ref64]
+    assert not missing, f"{what}: not in the reference: {missing[:5]}"
+    scale = float(np.sqrt(sum(float(ref64[k] @ ref64[k]) for k in ours)))
+    floor = (FLOOR if dtype == "float64" else FLOOR32) * scale
+    worst, ratio, bad = (0.0, None), (0.0, None), []
+    for name, vec in ours.items():
+        ref = ref64[name]
+        dist, norm = float(np.linalg.norm(vec - ref)), float(np.linalg.norm(ref))
+        if dtype == "float64":
+            bound = F64_REL * norm + floor
+        else:
+            bound = f32_bound(norm, ref32_dist[name], scale)
+        if norm > floor:
+            worst = max(worst, (dist / norm, name), key=_first)
+        ratio = max(ratio, (dist / bound, name), key=_first)
+        if dist > bound:
+            bad.append(f"{name}: {dist:.3e} > {bound:.3e} (norm {norm:.3e})")
+    print(f"{what} ({dtype}): worst relative distance {worst[0]:.2e} ({worst[1]}; tensors of "
+          f"norm > {floor:.1e}), worst distance / bound {ratio[0]:.2f} ({ratio[1]}), "
+          f"{len(ours)} tensors")
+    if assert_it:
+        assert not bad, f"{what}: {len(bad)} tensors off: " + "; ".join(bad[:5])
+    return worst
+
+
+def _run(folder, dtype, fused, tmp_path):
+    return run_case(folder, dtype, fused, work_dir=str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- bundled
+
+@pytest.mark.parametrize("case_id,dtype,fused", BUNDLED_RUNS)
+def test_bundled_case(case_id, dtype, fused, tmp_path):
+    ours = _run(os.path.join(BUNDLE, case_id), dtype, fused, tmp_path)
+    case = ours["case"]
+    loss_err = check_common(ours, case, dtype)
+    print(f"{case_id} {dtype} fused={fused}: losses {ours['losses']}, worst relative "
+          f"error {loss_err:.2e}")
+    for what, arrays in (("grads_step0", ours["grads0"]), ("state_final", ours["final"])):
+        fp64, fp32 = case["fingerprints_f64"][what], case["fingerprints"][what]
+        vecs = {k: fingerprint(k, v) for k, v in arrays.items() if k in fp64}
+        ref64 = {k: np.array(v["proj"]) for k, v in fp64.items()}
+        ref32 = {k: float(np.linalg.norm(np.array(fp32[k]["proj"]) - ref64[k])) for k in fp64}
+        if what == "grads_step0":
+            assert set(vecs) == set(ours["grads0"]), "gradients missing in the reference"
+        else:
+            assert set(vecs) == set(fp64), set(fp64) ^ set(vecs)
+        compare(what, vecs, ref64, ref32, dtype, assert_it=dtype == "float64"
+                or what == "grads_step0")
+
+
+# ----------------------------------------------------------------------------- full set
+
+def _initial_state(case):
+    entry = bundled_manifest()["configs"][case["config"]]
+    return synthetic_weights(entry, int(case["weight_seed"]))
+
+
+@pytest.mark.skipif(not FULL, reason="no full set: set DFORMER_TRAIN_PARITY_ROOT to the "
+                    "output of gen_train_case.py --save-float64")
+@pytest.mark.parametrize("dtype,fused", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("case_id", FULL)
+def test_full_case(case_id, dtype, fused, tmp_path):
+    folder = os.path.join(FULL_ROOT, case_id)
+    if not os.path.isfile(os.path.join(folder, "grads_step0_f64.npz")):
+        pytest.skip(f"{case_id}: written without --save-float64")
+    ours = _run(folder, dtype, fused, tmp_path)
+    case = ours["case"]
+    loss_err = check_common(ours, case, dtype)
+    print(f"{case_id} {dtype} fused={fused}: worst relative loss error {loss_err:.2e}")
+    with np.load(os.path.join(folder, "grads_step0_f64.npz")) as g64, \
+            np.load(os.path.join(folder, "grads_step0.npz")) as g32:
+        g64, g32 = {k: g64[k] for k in g64.files}, {k: g32[k] for k in g32.files}
+    flat = {k: v.astype(np.float64).ravel() for k, v in ours["grads0"].items()}
+    ref64 = {k: v.ravel() for k, v in g64.items()}
+    ref32 = {k: float(np.linalg.norm(g32[k].astype(np.float64) - g64[k])) for k in g64}
+    compare("grads_step0", flat, ref64, ref32, dtype)
+    with np.load(os.path.join(folder, "state_final_f64.npz")) as s64:
+        s64 = {k: s64[k] for k in s64.files if s64[k].dtype.kind == "f"}
+    final = {k: ours["final"][k].astype(np.float64).ravel() for k in s64}
+    if dtype == "float64":
+        compare("state_final", final, {k: v.ravel() for k, v in s64.items()}, None, dtype)
+        return
+    # float32: Adam's first update is lr * sign(g); where |g64| <= 10 |g32 - g64| that sign
+    # is rounding in either framework, and a flipped decision changes many such signs:
+    # reported on the other entries, not asserted.
+    init = _initial_state(case)
+    worst = (0.0, None)
+    for k, g in g64.items():
+        keep = (np.abs(g) > 10 * np.abs(g32[k].astype(np.float64) - g)).ravel()
+        if not keep.any():
+            continue
+        ours_u = (final[k] - init[k].astype(np.float64).ravel())[keep]
+        ref_u = (s64[k].ravel() - init[k].astype(np.float64).ravel())[keep]
+        rel = float(np.linalg.norm(ours_u - ref_u) / max(np.linalg.norm(ref_u), 1e-30))
+        worst = max(worst, (rel, k), key=_first)
+    print(f"state_final ({dtype}, updates where the step-0 sign is determined): worst "
+          f"relative distance {worst[0]:.2e} ({worst[1]})")
+
+
+# ----------------------------------------------------------------------------- float64 units
+
+def test_float64_plain_gradients_exact():
+    """The plain LayerNorm (C = 96, not a power of 2) and GELU gradients in float64 against
+    their closed forms: Jittor's own gradients of ``mean()`` and ``erf`` hold float32
+    constants (1e-8 off), which the bundled cases (power-of-2 widths) would not show."""
+    import math
+
+    import jittor as jt
+    from models.ops.activation import gelu_plain
+    from models.ops.normalization import layer_norm_plain
+
+    rng = np.random.RandomState(5)
+    x, r = rng.randn(2, 5, 96) * 3 + 1, rng.randn(2, 5, 96)
+    w, b = rng.rand(96) + 0.5, rng.randn(96)
+    xv = jt.array(x, dtype="float64")
+    out = layer_norm_plain(xv, jt.array(w, dtype="float64"), jt.array(b, dtype="float64"), 1e-6)
+    got = jt.grad((out * jt.array(r, dtype="float64")).sum(), xv).numpy()
+    sigma = np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+    xhat, dy = (x - x.mean(-1, keepdims=True)) / sigma, r * w
+    want = (dy - dy.mean(-1, keepdims=True) - xhat * (dy * xhat).mean(-1, keepdims=True)) / sigma
+    assert np.abs(got - want).max() <= 1e-13 * np.abs(want).max()
+
+    out = gelu_plain(xv)
+    got = jt.grad((out * jt.array(r, dtype="float64")).sum(), xv).numpy()
+    erf = np.vectorize(math.erf)
+    want = r * (0.5 * (1 + erf(x / math.sqrt(2))) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi))
+    assert np.abs(got - want).max() <= 1e-13 * np.abs(want).max()
+    assert np.abs(out.numpy() - x * 0.5 * (1 + erf(x / math.sqrt(2)))).max() <= 1e-14 * np.abs(x).max()
