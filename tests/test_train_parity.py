@@ -51,11 +51,15 @@ FLOOR = 1e-12
 # reference and, through the train-mode BatchNorm backward, move every upstream gradient;
 # measured by the case generator's author on NYU DFormerv2-L: 3.8e-4 of the tensor's norm
 # from one flipped element. Allowance per tensor: F32_FLIP of its norm, on top of three
-# times the reference's own float32 distance from float64. Measured worst case: NYU
-# DFormer-Large (weight seed 1004, data seed 12, 96x128), fused kernels, 3.1e-3 of the norm
-# of a stage-0 bias gradient, where the plain float32 run of the same case stays at 9.4e-6
-# and every other config at <= 2.2e-4 (a flipped decision's signature); hence 5e-3.
-F32_FLIP = 5e-3
+# times the reference's own float32 distance from float64. Measured worst cases: the bundled
+# DFormerv2-S case with the fused kernels on 2 OpenMP threads (1 thread: 8e-7) needs 1.8e-2
+# of a tensor's norm (4 projections): the decoder's own gradients (conv_seg, align) agree to
+# 3e-6, ham_out.bn.bias moves by 3.9e-3 and everything upstream of the Hamburger's output
+# ReLU by 2-3e-3 element-wise, a flipped decision's signature; NYU DFormer-Large (weight seed
+# 1004, data seed 12, 96x128), fused, 3.1e-3, where its plain run stays at 9.4e-6. Hence
+# 2.5e-2. The float64 comparison above is the proof of the arithmetic; this one shows that
+# float32 training, fused kernels included, stays within rounding plus such flips.
+F32_FLIP = 2.5e-2
 # float32: a tensor whose exact value is 0 holds the rounding of everything upstream; its
 # floor is float32's epsilon relative to the norm of all tensors together.
 FLOOR32 = 1.2e-7
