@@ -238,3 +238,25 @@ def test_float64_plain_gradients_exact():
     want = r * (0.5 * (1 + erf(x / math.sqrt(2))) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi))
     assert np.abs(got - want).max() <= 1e-13 * np.abs(want).max()
     assert np.abs(out.numpy() - x * 0.5 * (1 + erf(x / math.sqrt(2)))).max() <= 1e-14 * np.abs(x).max()
+
+
+def test_float64_model_loads_and_restores_in_float64(tmp_path):
+    """Weights loaded into a float64 model (the checkpoint loader, the trainer's exact
+    restore) keep float64 and its precision: Jittor makes float32 Vars of float64 arrays
+    unless told the dtype."""
+    from models.builder import EncoderDecoder
+    from train_parity import case_config, read_case
+    from utils.checkpoint import load_state_dict
+    from utils.engine.trainer import restore_model_state
+
+    case, _ = read_case(os.path.join(BUNDLE, BUNDLED[0]))
+    model = EncoderDecoder(case_config(case), load_pretrained=False).to_dtype("float64")
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    key = next(k for k, v in state.items() if v.dtype == np.float64 and v.size > 1)
+    state[key] = state[key] + 1e-12      # below float32's resolution
+    for load in (lambda: load_state_dict(model, state),
+                 lambda: restore_model_state(model, state)):
+        load()
+        sd = model.state_dict()
+        assert all(str(v.dtype) == "float64" for k, v in sd.items() if state[k].dtype == np.float64)
+        np.testing.assert_array_equal(sd[key].numpy(), state[key])

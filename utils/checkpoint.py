@@ -210,7 +210,10 @@ def load_state_dict(module, state_dict, strict=True, source="checkpoint"):
         target = own[key]
         value = np.asarray(_to_numpy(state_dict[key])).reshape(target.shape)
         was_stopped = target.is_stop_grad()
-        target.update(jt.array(value.astype(str(target.dtype), copy=False)))
+        # dtype= explicitly: Jittor makes float32 Vars of float64 arrays otherwise, and a
+        # float64 model (EncoderDecoder.to_dtype) must stay float64
+        target.update(jt.array(value.astype(str(target.dtype), copy=False),
+                               dtype=str(target.dtype)))
         if was_stopped:
             target.stop_grad()
     # Materialise the loaded values now: a pending ``array`` op of a one-element parameter

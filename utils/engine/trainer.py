@@ -131,7 +131,7 @@ def restore_model_state(model, state, source="checkpoint"):
     for key, var in own.items():
         value = np.asarray(state[key]).astype(str(var.dtype), copy=False)
         was_stopped = var.is_stop_grad()
-        var.update(jt.array(value))
+        var.update(jt.array(value, dtype=str(var.dtype)))
         if was_stopped:
             var.stop_grad()
 
