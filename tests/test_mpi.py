@@ -447,3 +447,30 @@ def test_evaluation_failure_on_rank1_stops_every_rank(ctx, trained):
           f"after the launch (rc {rc})")
     assert rc != 0 and "PeerFailure: rank 1 failed during evaluation" in out, out[-3000:]
     assert f"Label/{name}.png" in out, out[-3000:]
+
+
+_SUM_SCRIPT = """
+from utils import runtime; runtime.setup()
+import json
+import numpy as np
+import jittor as jt
+from utils.engine.distributed import _all_reduce_sum
+from utils.engine.evaluator import all_reduce_confusion
+big = 2 ** 24 + 1 + jt.rank          # not representable in float32
+hist = all_reduce_confusion(np.full((2, 2), big, dtype=np.int64))
+flags = _all_reduce_sum([big, 0.5])
+print(json.dumps({"rank": jt.rank, "hist": int(hist[0, 0]), "flags": float(flags[0])}))
+"""
+
+
+def test_all_reduced_counts_are_exact_beyond_float32(tmp_path):
+    """Confusion-matrix entries and agreement values travel as float64 (a real test set
+    has more than 2**24 pixels per class): 2 ranks sum them exactly."""
+    job = Launch(mpirun(2) + [sys.executable, "-c", _SUM_SCRIPT], tmp_path / "sum.log")
+    rc = job.finish(timeout=120)
+    out = job.output()
+    assert rc == 0, out[-3000:]
+    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in results) == [0, 1], out[-3000:]
+    want = 2 * (2 ** 24 + 1) + 1
+    assert all(r["hist"] == want and r["flags"] == want for r in results), results

@@ -39,7 +39,8 @@ def is_main_process():
 
 
 def _all_reduce_sum(values):
-    return jt.array(np.asarray(values, dtype=np.float64)).mpi_all_reduce("add").numpy()
+    return jt.array(np.asarray(values, dtype=np.float64), dtype="float64") \
+        .mpi_all_reduce("add").numpy()
 
 
 def agree(failure=None, stop=False, where=""):

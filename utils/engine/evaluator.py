@@ -228,7 +228,9 @@ def all_reduce_confusion(hist):
     """Sum a confusion matrix over MPI ranks (float64 transport: exact below 2**53)."""
     if not jt.in_mpi:
         return hist
-    summed = jt.array(hist.astype(np.float64)).mpi_all_reduce("add")
+    # dtype= explicitly: Jittor makes float32 Vars of float64 arrays otherwise (exact only
+    # below 2**24 pixels per entry, which a real test set exceeds)
+    summed = jt.array(hist.astype(np.float64), dtype="float64").mpi_all_reduce("add")
     return np.rint(summed.numpy()).astype(np.int64)
 
 
