@@ -30,6 +30,7 @@ class EncoderDecoder(nn.Module):
         self.decode_head, self.aux_head, self.aux_rate = build_decode_head(
             cfg, list(self.backbone.out_channels), sync_bn=sync_bn)
         self.criterion = CrossEntropyLoss(ignore_index=cfg.get("background", 255))
+        self.float_dtype = "float32"    # of the parameters; inputs are cast to it
         self.init_weights(cfg.get("pretrained_model") if load_pretrained else None)
 
     def init_weights(self, pretrained=None):
@@ -60,6 +61,7 @@ class EncoderDecoder(nn.Module):
         """
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', not {dtype!r}")
+        self.float_dtype = dtype
         for var in self.state_dict().values():
             if var.dtype.is_float() and str(var.dtype) != dtype:
                 stopped = var.is_stop_grad()
@@ -104,6 +106,8 @@ class EncoderDecoder(nn.Module):
     def execute(self, rgb, depth, label=None):
         if depth is None:
             raise ValueError("DFormer needs a depth input; pass zeros for an RGB-only run.")
+        if self.float_dtype != "float32":  # the data path gives float32 images
+            rgb, depth = rgb.cast(self.float_dtype), depth.cast(self.float_dtype)
         out, aux = self.encode_decode(rgb, depth)
         if label is None:
             return out

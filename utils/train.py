@@ -60,11 +60,14 @@ def build_parser():
                    help="override C.num_workers (data loader threads; 0: load in the main thread)")
     str2bool_flag(p, "mst", True, "validate with 5 scales + flip (the reference's default)")
     str2bool_flag(p, "amp", None, "mixed precision training on CUDA (default off, as the "
-                  "official train.sh); ignored on CPU")
+                  "official train.sh); an error on the CPU")
     str2bool_flag(p, "val-amp", None, "mixed precision validation on CUDA (default on, as the "
-                  "official train.sh); ignored on CPU")
+                  "official train.sh); an error on the CPU")
     str2bool_flag(p, "sliding", False, "sliding-window validation")
     str2bool_flag(p, "syncbn", True, "synchronise BatchNorm statistics across MPI processes")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="float64: the verification path (model, loss, optimiser in float64 on "
+                        "the plain operators; slow; README, Faithfulness)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="PATH",
                    help="resume from PATH, or without a value from <work-dir>/latest.pkl")
     p.add_argument("--seed", type=int, default=None, help="seed (default C.seed)")
@@ -160,6 +163,11 @@ def resolve_amp(args, device, logger):
                               "drop the option, or train where Jittor finds a GPU")
     amp = bool(args.amp) if args.amp is not None else False
     val_amp = bool(args.val_amp) if args.val_amp is not None else device == "cuda"
+    if getattr(args, "dtype", "float32") != "float32":
+        if amp or args.val_amp:
+            raise ConfigError(f"--dtype {args.dtype} and mixed precision (--amp/--val-amp) "
+                              "exclude each other")
+        val_amp = False
     if amp:
         logger.warning("--amp: Jittor's automatic mixed precision has no gradient scaler; "
                        "watch the loss for fp16 underflow (use --no-amp if it stalls).")
@@ -185,6 +193,7 @@ def build_model(cfg, args, resuming, logger):
         from utils.checkpoint import load_trained_weights
         report = load_trained_weights(model, cfg.load_from, strict=False)
         logger.info(f"load_from {cfg.load_from}: {report.summary()}")
+    model.to_dtype(args.dtype)   # before the optimiser: its moments follow the parameters
     forward = ZeroDepth(model) if args.zero_depth else model
     return model, forward
 

@@ -287,6 +287,7 @@ class Trainer:
             "seed": self.opts.seed,
             "rng": {"scheme": RNG_SCHEME, "seed": self.opts.seed, "data_seed": self.opts.seed},
             "world_size": world_size(),
+            "dtype": getattr(self.model, "float_dtype", "float32"),
             "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
 
@@ -355,6 +356,10 @@ class Trainer:
         if int(state.get("seed", self.opts.seed)) != self.opts.seed:
             raise CheckpointError(f"{path}: trained with seed {state['seed']}, this run uses "
                                   f"{self.opts.seed} (drop --seed to keep the checkpoint's)")
+        dtype = getattr(self.model, "float_dtype", "float32")
+        if state.get("dtype", "float32") != dtype:
+            self.logger.warning(f"checkpoint written by a {state.get('dtype', 'float32')} run, "
+                                f"resuming in {dtype}: results will not be bit-identical")
         if int(state.get("world_size", 1)) != world_size():
             self.logger.warning(f"checkpoint written with {state.get('world_size')} process(es), "
                                 f"resuming with {world_size()}: results will not be bit-identical")
