@@ -163,7 +163,7 @@ def resolve_amp(args, device, logger):
                               "drop the option, or train where Jittor finds a GPU")
     amp = bool(args.amp) if args.amp is not None else False
     val_amp = bool(args.val_amp) if args.val_amp is not None else device == "cuda"
-    if getattr(args, "dtype", "float32") != "float32":
+    if args.dtype != "float32":
         if amp or args.val_amp:
             raise ConfigError(f"--dtype {args.dtype} and mixed precision (--amp/--val-amp) "
                               "exclude each other")
