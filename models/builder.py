@@ -6,7 +6,7 @@ from jittor import nn
 
 from .encoders import build_backbone
 from .decoders import build_decode_head
-from .ops import resize
+from .ops import resize, scalar
 from .losses import CrossEntropyLoss
 
 
@@ -116,7 +116,8 @@ class EncoderDecoder(nn.Module):
         if extra_loss is not None:  # e.g. the PointRend point loss
             loss = loss + extra_loss(label)
         if aux is not None and self.aux_rate:
-            loss = loss + self.aux_rate * self.criterion(aux, label)
+            # aux_rate as a constant of the loss's dtype (a Python float is float32 in Jittor)
+            loss = loss + scalar(self.aux_rate, loss) * self.criterion(aux, label)
         return loss
 
 

@@ -7,9 +7,10 @@ step) and is compared with the official code's run of the same steps:
 * **float64** (the proof of the math): losses, step-0 gradients, and every parameter and
   BatchNorm statistic after the last step within ``F64_REL`` of the official float64 run;
   the lr of every step exactly; the decay / no-decay / never-updated name sets equal.
-* **float32** as users train, fused CPU kernels on and off: losses within 1e-4, lr and
-  groups exact, step-0 gradients by the flip-tolerant rule of :func:`f32_bound`. The final
-  state is printed, not asserted (see ``F32_FLIP``).
+* **float32** as users train, fused CPU kernels on and off: lr and groups exact, losses
+  within ``LOSS32_REL`` at every step, and the step-0 gradient of the whole model as one
+  vector within the flip-tolerant bound of ``G32_FLIP``. Per-tensor distances and the final
+  state are printed, not asserted (a rounding-level flip moves single tensors far).
 
 Bundled cases (tests/fixtures/train_parity, NYU DFormer-Tiny and DFormerv2-S at 64x64,
 3 steps) hold fingerprints only: 4 fixed random projections per tensor
@@ -23,8 +24,7 @@ import zlib
 import numpy as np
 import pytest
 
-from parity_fixtures import bundled_manifest, synthetic_weights
-from train_parity import run_case
+from train_parity import case_weights, run_case
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUNDLE = os.path.join(HERE, "fixtures", "train_parity")
@@ -36,10 +36,11 @@ FULL = sorted(os.path.relpath(p, FULL_ROOT)
     if FULL_ROOT else []
 MODES = [("float64", True), ("float32", True), ("float32", False)]
 MODE_IDS = ["float64", "float32-fused", "float32-plain"]
-# CI time: DFormerv2-S's plain float32 run (20 s) is left to the full set.
+# CI time: the plain float32 run of the other cases (DFormerv2-S: 20 s) is left to the full set.
+PLAIN_BUNDLED = "NYUDepthv2/DFormer_Tiny/train_case0"
 BUNDLED_RUNS = [pytest.param(case, *mode, id=f"{case}-{name}")
                 for case in BUNDLED for mode, name in zip(MODES, MODE_IDS)
-                if not ("DFormerv2" in case and name == "float32-plain")]
+                if name != "float32-plain" or case == PLAIN_BUNDLED]
 
 # float64 against float64: relative bound per tensor (and per loss), measured worst case in
 # the README's "Faithfulness" section. FLOOR (relative to the norm of all tensors together)
@@ -48,20 +49,22 @@ BUNDLED_RUNS = [pytest.param(case, *mode, id=f"{case}-{name}")
 F64_REL = 1e-9
 FLOOR = 1e-12
 # float32: a ReLU/max decision within rounding of zero may go the other way than in the
-# reference and, through the train-mode BatchNorm backward, move every upstream gradient;
-# measured by the case generator's author on NYU DFormerv2-L: 3.8e-4 of the tensor's norm
-# from one flipped element. Allowance per tensor: F32_FLIP of its norm, on top of three
-# times the reference's own float32 distance from float64. Measured worst cases: the bundled
-# DFormerv2-S case with the fused kernels on 2 OpenMP threads (1 thread: 8e-7) needs 1.8e-2
-# of a tensor's norm (4 projections): the decoder's own gradients (conv_seg, align) agree to
-# 3e-6, ham_out.bn.bias moves by 3.9e-3 and everything upstream of the Hamburger's output
-# ReLU by 2-3e-3 element-wise, a flipped decision's signature; NYU DFormer-Large (weight seed
-# 1004, data seed 12, 96x128), fused, 3.1e-3, where its plain run stays at 9.4e-6. Hence
-# 2.5e-2. The float64 comparison above is the proof of the arithmetic; this one shows that
-# float32 training, fused kernels included, stays within rounding plus such flips.
-F32_FLIP = 2.5e-2
+# reference and, through the train-mode BatchNorm backward, move every upstream gradient
+# tensor by far more than rounding. Measured on the bundled DFormerv2-S case: the Hamburger's
+# output ReLU has two pre-activations of 4.0e-7 and 8.6e-6 (float64) where that tensor's
+# float32 error reaches 3.2e-5 (the NMF's multiplicative updates amplify rounding); with
+# oneDNN's AVX-512 kernels the 8.6e-6 one flips (float32: -4.0e-6) and a stage-3 LayerNorm
+# weight's gradient moves by 10% of its norm, with AVX2 kernels the 4.0e-7 one flips. Which
+# element flips depends on the CPU's summation order, so no per-tensor allowance is safe.
+# What a flip cannot move much is the step-0 gradient of the whole model as one vector
+# (about 1e-2 of its norm, measured, README "Faithfulness") and the losses. So float32 is
+# gated on: losses within LOSS32_REL at every step, and the global step-0 gradient within
+# 3x the official float32 run's global distance plus G32_FLIP of its norm. Per-tensor
+# distances are printed, not asserted. Planted bugs that this rule misses are caught by the
+# float64 comparison (tests/test_planted_bugs.py shows which check catches each).
+G32_FLIP = 5e-2
 # float32: a tensor whose exact value is 0 holds the rounding of everything upstream; its
-# floor is float32's epsilon relative to the norm of all tensors together.
+# floor is float32's epsilon relative to the norm of all tensors together (reported only).
 FLOOR32 = 1.2e-7
 LOSS32_REL = 1e-4
 
@@ -73,65 +76,99 @@ def fingerprint(name, a):
     return np.array([rng.standard_normal(a.size) @ a for _ in range(4)])
 
 
-def f32_bound(ref64_norm, ref32_dist, scale):
-    """Largest distance from float64 allowed to our float32 tensor: 3x the official
-    float32 run's, plus the flip allowance, plus the floor."""
-    return 3.0 * ref32_dist + F32_FLIP * ref64_norm + FLOOR32 * scale
-
-
 def _first(pair):
     return pair[0]
 
 
 def check_common(ours, case, dtype):
-    """lr per step exact, groups equal, losses; returns the worst relative loss error."""
-    assert ours["lrs"] == case["lr_per_step"], (ours["lrs"], case["lr_per_step"])
+    """lr per step exact, groups equal, losses at every step. Returns (failures, worst
+    relative loss error)."""
+    failures = []
+    if ours["lrs"] != case["lr_per_step"]:
+        failures.append(f"lr per step {ours['lrs']} != the reference's {case['lr_per_step']}")
     for name in ("decay", "no_decay", "not_optimised"):
         expected = set(case["groups"][name])
-        assert ours["groups"][name] == expected, (
-            f"{name}: only ours {sorted(ours['groups'][name] - expected)[:5]}, only the "
-            f"reference {sorted(expected - ours['groups'][name])[:5]}")
+        if ours["groups"][name] != expected:
+            failures.append(
+                f"{name} group: only ours {sorted(ours['groups'][name] - expected)[:5]}, only "
+                f"the reference {sorted(expected - ours['groups'][name])[:5]}")
     losses = np.array(ours["losses"])
     if "loss_per_step_f64" in case:
         ref = np.array(case["loss_per_step_f64"])
-        err = float(np.max(np.abs(losses - ref) / np.abs(ref)))
-        assert err <= (F64_REL if dtype == "float64" else LOSS32_REL), (list(losses), list(ref))
-        return err
-    # a case without the float64 losses: against the float32 ones, whose own distance from
-    # float64 the generator records
-    ref = np.array(case["loss_per_step"])
-    slack = case["noise"]["loss_max_abs"] if dtype == "float64" else LOSS32_REL * np.abs(ref)
-    assert np.all(np.abs(losses - ref) <= slack + F64_REL * np.abs(ref)), (list(losses), list(ref))
-    return float(np.max(np.abs(losses - ref) / np.abs(ref)))
+        bound = (F64_REL if dtype == "float64" else LOSS32_REL) * np.abs(ref)
+    else:
+        # a case without the float64 losses: against the float32 ones, whose own distance
+        # from float64 the generator records
+        ref = np.array(case["loss_per_step"])
+        slack = case["noise"]["loss_max_abs"] if dtype == "float64" else LOSS32_REL * np.abs(ref)
+        bound = slack + F64_REL * np.abs(ref)
+    err = np.abs(losses - ref)
+    if np.any(err > bound):
+        failures.append(f"losses {list(losses)} vs the reference's {list(ref)}: relative "
+                        f"error {float(np.max(err / np.abs(ref))):.2e}")
+    return failures, float(np.max(err / np.abs(ref)))
 
 
-def compare(what, ours, ref64, ref32_dist, dtype, assert_it=True):
-    """Per-tensor check of ``ours`` (name -> vector) against ``ref64`` (name -> vector);
-    ``ref32_dist`` (name -> distance of the official float32 run from float64).
-    Returns the worst relative distance and its tensor."""
+def compare(what, ours, ref64, ref32_dist, dtype, gate=True):
+    """Compare ``ours`` (name -> vector) with the official float64 run ``ref64`` (name ->
+    vector); ``ref32_dist``: name -> distance of the official float32 run from float64.
+
+    float64: every tensor within F64_REL of its norm (plus FLOOR of the global norm).
+    float32: the global vector within 3x the official float32 run's global distance plus
+    G32_FLIP of its norm; the per-tensor picture is printed. Returns the failures (empty
+    list: pass; always empty when ``gate`` is off)."""
     missing = [k for k in ours if k not in ref64]
-    assert not missing, f"{what}: not in the reference: {missing[:5]}"
-    scale = float(np.sqrt(sum(float(ref64[k] @ ref64[k]) for k in ours)))
+    if missing:
+        return [f"{what}: not in the reference: {missing[:5]}"]
+    names = sorted(ours)
+    scale = float(np.sqrt(sum(float(ref64[k] @ ref64[k]) for k in names)))
     floor = (FLOOR if dtype == "float64" else FLOOR32) * scale
-    worst, ratio, bad = (0.0, None), (0.0, None), []
-    for name, vec in ours.items():
-        ref = ref64[name]
-        dist, norm = float(np.linalg.norm(vec - ref)), float(np.linalg.norm(ref))
-        if dtype == "float64":
-            bound = F64_REL * norm + floor
-        else:
-            bound = f32_bound(norm, ref32_dist[name], scale)
+    worst, bad = (0.0, None), []
+    for name in names:
+        dist, norm = float(np.linalg.norm(ours[name] - ref64[name])), float(np.linalg.norm(ref64[name]))
         if norm > floor:
             worst = max(worst, (dist / norm, name), key=_first)
-        ratio = max(ratio, (dist / bound, name), key=_first)
-        if dist > bound:
-            bad.append(f"{name}: {dist:.3e} > {bound:.3e} (norm {norm:.3e})")
-    print(f"{what} ({dtype}): worst relative distance {worst[0]:.2e} ({worst[1]}; tensors of "
-          f"norm > {floor:.1e}), worst distance / bound {ratio[0]:.2f} ({ratio[1]}), "
-          f"{len(ours)} tensors")
-    if assert_it:
-        assert not bad, f"{what}: {len(bad)} tensors off: " + "; ".join(bad[:5])
-    return worst
+        if dtype == "float64" and dist > F64_REL * norm + floor:
+            bad.append(f"{name}: {dist:.3e} > {F64_REL * norm + floor:.3e} (norm {norm:.3e})")
+    ours_all = np.concatenate([ours[k] for k in names])
+    ref_all = np.concatenate([ref64[k] for k in names])
+    dist_all = float(np.linalg.norm(ours_all - ref_all))
+    cosine = float(ours_all @ ref_all / max(np.linalg.norm(ours_all) * scale, 1e-300))
+    line = (f"{what} ({dtype}): global relative distance {dist_all / scale:.2e} (cosine "
+            f"{cosine:.6f}); per tensor: worst relative distance {worst[0]:.2e} ({worst[1]}; "
+            f"norm > {floor:.1e}), {len(names)} tensors")
+    if dtype == "float32" and ref32_dist is not None:
+        ref32_all = float(np.sqrt(sum(ref32_dist[k] ** 2 for k in names)))
+        bound = 3.0 * ref32_all + G32_FLIP * scale
+        line += (f"; the official float32 run's global distance {ref32_all / scale:.2e}, "
+                 f"global distance / bound {dist_all / bound:.3f}")
+        if dist_all > bound:
+            bad.append(f"global {what}: distance {dist_all:.3e} > {bound:.3e} (relative "
+                       f"{dist_all / scale:.2e}, cosine {cosine:.6f})")
+    print(line)
+    if not gate:
+        return []
+    return [f"{what}: {len(bad)} off: " + "; ".join(bad[:5])] if bad else []
+
+
+def bundled_verdict(ours, dtype):
+    """Every failure of a bundled case's run ``ours`` (from :func:`run_case`): lr, groups,
+    losses, step-0 gradients (fingerprints), and in float64 the final state."""
+    case = ours["case"]
+    failures, loss_err = check_common(ours, case, dtype)
+    print(f"{case['config']} {dtype}: losses {ours['losses']}, worst relative error {loss_err:.2e}")
+    for what, arrays in (("grads_step0", ours["grads0"]), ("state_final", ours["final"])):
+        fp64, fp32 = case["fingerprints_f64"][what], case["fingerprints"][what]
+        vecs = {k: fingerprint(k, v) for k, v in arrays.items() if k in fp64}
+        ref64 = {k: np.array(v["proj"]) for k, v in fp64.items()}
+        ref32 = {k: float(np.linalg.norm(np.array(fp32[k]["proj"]) - ref64[k])) for k in fp64}
+        if what == "grads_step0" and set(vecs) != set(ours["grads0"]):
+            failures.append(f"gradients missing in the reference: {sorted(set(ours['grads0']) - set(vecs))[:5]}")
+        if what == "state_final" and set(vecs) != set(fp64):
+            failures.append(f"state entries differ: {sorted(set(fp64) ^ set(vecs))[:5]}")
+        failures += compare(what, vecs, ref64, ref32, dtype,
+                            gate=dtype == "float64" or what == "grads_step0")
+    return failures
 
 
 def _run(folder, dtype, fused, tmp_path):
@@ -142,30 +179,11 @@ def _run(folder, dtype, fused, tmp_path):
 
 @pytest.mark.parametrize("case_id,dtype,fused", BUNDLED_RUNS)
 def test_bundled_case(case_id, dtype, fused, tmp_path):
-    ours = _run(os.path.join(BUNDLE, case_id), dtype, fused, tmp_path)
-    case = ours["case"]
-    loss_err = check_common(ours, case, dtype)
-    print(f"{case_id} {dtype} fused={fused}: losses {ours['losses']}, worst relative "
-          f"error {loss_err:.2e}")
-    for what, arrays in (("grads_step0", ours["grads0"]), ("state_final", ours["final"])):
-        fp64, fp32 = case["fingerprints_f64"][what], case["fingerprints"][what]
-        vecs = {k: fingerprint(k, v) for k, v in arrays.items() if k in fp64}
-        ref64 = {k: np.array(v["proj"]) for k, v in fp64.items()}
-        ref32 = {k: float(np.linalg.norm(np.array(fp32[k]["proj"]) - ref64[k])) for k in fp64}
-        if what == "grads_step0":
-            assert set(vecs) == set(ours["grads0"]), "gradients missing in the reference"
-        else:
-            assert set(vecs) == set(fp64), set(fp64) ^ set(vecs)
-        compare(what, vecs, ref64, ref32, dtype, assert_it=dtype == "float64"
-                or what == "grads_step0")
+    failures = bundled_verdict(_run(os.path.join(BUNDLE, case_id), dtype, fused, tmp_path), dtype)
+    assert not failures, "\n".join(failures)
 
 
 # ----------------------------------------------------------------------------- full set
-
-def _initial_state(case):
-    entry = bundled_manifest()["configs"][case["config"]]
-    return synthetic_weights(entry, int(case["weight_seed"]))
-
 
 @pytest.mark.skipif(not FULL, reason="no full set: set DFORMER_TRAIN_PARITY_ROOT to the "
                     "output of gen_train_case.py --save-float64")
@@ -177,7 +195,7 @@ def test_full_case(case_id, dtype, fused, tmp_path):
         pytest.skip(f"{case_id}: written without --save-float64")
     ours = _run(folder, dtype, fused, tmp_path)
     case = ours["case"]
-    loss_err = check_common(ours, case, dtype)
+    failures, loss_err = check_common(ours, case, dtype)
     print(f"{case_id} {dtype} fused={fused}: worst relative loss error {loss_err:.2e}")
     with np.load(os.path.join(folder, "grads_step0_f64.npz")) as g64, \
             np.load(os.path.join(folder, "grads_step0.npz")) as g32:
@@ -185,17 +203,20 @@ def test_full_case(case_id, dtype, fused, tmp_path):
     flat = {k: v.astype(np.float64).ravel() for k, v in ours["grads0"].items()}
     ref64 = {k: v.ravel() for k, v in g64.items()}
     ref32 = {k: float(np.linalg.norm(g32[k].astype(np.float64) - g64[k])) for k in g64}
-    compare("grads_step0", flat, ref64, ref32, dtype)
+    failures += compare("grads_step0", flat, ref64, ref32, dtype)
     with np.load(os.path.join(folder, "state_final_f64.npz")) as s64:
         s64 = {k: s64[k] for k in s64.files if s64[k].dtype.kind == "f"}
     final = {k: ours["final"][k].astype(np.float64).ravel() for k in s64}
     if dtype == "float64":
-        compare("state_final", final, {k: v.ravel() for k, v in s64.items()}, None, dtype)
+        failures += compare("state_final", final, {k: v.ravel() for k, v in s64.items()}, None,
+                            dtype)
+    assert not failures, "\n".join(failures)
+    if dtype == "float64":
         return
     # float32: Adam's first update is lr * sign(g); where |g64| <= 10 |g32 - g64| that sign
     # is rounding in either framework, and a flipped decision changes many such signs:
     # reported on the other entries, not asserted.
-    init = _initial_state(case)
+    init = case_weights(case)
     worst = (0.0, None)
     for k, g in g64.items():
         keep = (np.abs(g) > 10 * np.abs(g32[k].astype(np.float64) - g)).ravel()

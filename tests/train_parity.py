@@ -43,7 +43,17 @@ def case_config(case):
     cfg.niters_per_epoch, cfg.warm_up_epoch, cfg.nepochs = warmup, 1, total // warmup
     cfg.lr = float(case["lr"])
     cfg.drop_path_rate = 0.0
+    cfg.aux_rate = float(case.get("aux_rate", cfg.aux_rate))
     return cfg
+
+
+def case_weights(case):
+    """The case's initial weights: the manifest entry's synthetic weights, plus the tensors
+    the case appends to the entry (the auxiliary head of ``gen_aux_case.py``)."""
+    entry = dict(bundled_manifest()["configs"][case["config"]])
+    entry["state_dict"] = entry["state_dict"] + case.get("extra_state_dict", [])
+    entry["state_dict_info"] = entry["state_dict_info"] + case.get("extra_state_dict_info", [])
+    return synthetic_weights(entry, int(case["weight_seed"]))
 
 
 def build_case_trainer(case, dtype, work_dir):
@@ -52,8 +62,7 @@ def build_case_trainer(case, dtype, work_dir):
     assert abs(float(cfg.weight_decay) - float(case["weight_decay"])) == 0.0
     assert float(cfg.lr_power) == float(case["lr_power"])
     model = EncoderDecoder(cfg, load_pretrained=False, sync_bn=bool(case.get("syncbn", True)))
-    entry = bundled_manifest()["configs"][case["config"]]
-    load_state_dict(model, synthetic_weights(entry, int(case["weight_seed"])), strict=True,
+    load_state_dict(model, case_weights(case), strict=True,
                     source=f"synthetic weights ({case['config']})")
     model.to_dtype(dtype)
     for module in model.modules():      # the case switches every dropout off

@@ -20,10 +20,23 @@ __all__ = ["BaseDecodeHead", "DecodeHead", "Hamburger", "LightHamHead", "NMF2D",
 AUX_INDEX = 2
 
 
+# Logits of the auxiliary head: the reference calls ``FCNHead(channels[2], cfg.num_classes,
+# norm_layer=...)``, whose second positional parameter is the hidden width, so its auxiliary
+# head is ``num_classes`` wide inside and keeps FCNHead's default of 40 output classes
+# (reproduced: official checkpoints with ``aux_head.*`` load, the auxiliary loss is the same;
+# tests/fixtures/train_parity/NYUDepthv2/DFormer_Tiny/train_case_aux1).
+REFERENCE_AUX_CLASSES = 40
+
+
 def _aux_fcn(channels, cfg, norm):
-    """Auxiliary FCN head on backbone stage ``AUX_INDEX``."""
-    return DFormerFCNHead(channels[AUX_INDEX], num_classes=cfg.num_classes, in_index=AUX_INDEX,
-                          **norm)
+    """Auxiliary FCN head on backbone stage ``AUX_INDEX``, shaped as the reference's."""
+    if cfg.num_classes > REFERENCE_AUX_CLASSES:
+        raise ValueError(
+            f"num_classes {cfg.num_classes}: the reference's auxiliary FCN head has "
+            f"{REFERENCE_AUX_CLASSES} output classes; set aux_rate = 0 or use at most "
+            f"{REFERENCE_AUX_CLASSES} classes")
+    return DFormerFCNHead(channels[AUX_INDEX], channels=cfg.num_classes,
+                          num_classes=REFERENCE_AUX_CLASSES, in_index=AUX_INDEX, **norm)
 
 
 def _build_ham(cfg, channels, norm):
