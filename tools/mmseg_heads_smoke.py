@@ -6,11 +6,12 @@ Checks, each reported as one PASS/FAIL line:
 
 * each head against mmsegmentation's own code: the fixtures in
   ``tests/fixtures/mmseg_heads`` (random weights, inputs and mmseg 1.2.2's outputs,
-  written once by a generator kept outside the repository, see ``meta.json``) are
-  loaded strictly through ``utils.checkpoint`` into heads built from the same mmseg
-  arguments; the state-dict keys and shapes must be mmseg's and every output must
-  match within 1e-4 * max(1, |ref|) (PointRend: coarse logits, point logits at fixed
-  points, point loss with ignored labels, the subdivision output);
+  written by ``gen_mmseg_heads.py`` beside them) are loaded strictly through
+  ``utils.checkpoint`` into heads built from the same mmseg arguments; the state-dict
+  keys and shapes must be mmseg's and every output must match within
+  1e-4 * max(1, |ref|) (PointRend: coarse logits, point logits at fixed points, point
+  loss with ignored labels, the subdivision output; also with ``align_corners=True``
+  and with ``scale_factor=1.5`` over three subdivision steps);
 * the attention ops against direct loop-based numpy computations on small tensors:
   the PSA mask op (collect and distribute) and the full PSA aggregation, criss-cross
   attention (with the self position masked in the vertical branch), PointRend's
@@ -38,7 +39,8 @@ runtime.setup()  # before jittor is imported
 HEADS = ("psa", "cc", "point")
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "mmseg_heads")
 MMSEG_FIXTURES = ("psa_bidirection", "psa_collect_compact", "psa_distribute_concat", "cc_single",
-                  "cc_dilated_concat", "pointrend")
+                  "cc_dilated_concat", "pointrend", "pointrend_align_corners",
+                  "pointrend_scale_1_5")
 
 
 # ----------------------------------------------------------------------------- loop references
@@ -207,7 +209,7 @@ def build_from_fixture(name, meta):
         return CCHead(**cfg)
     coarse, point = cfg["decode_head"]
     return PointRendHead(FPN(**cfg["neck"]), FPNHead(**coarse), PointHead(**point),
-                         test_cfg=cfg["test_cfg"])
+                         train_cfg=cfg["train_cfg"], test_cfg=cfg["test_cfg"])
 
 
 def assert_close(got, want, what):
