@@ -107,6 +107,25 @@ def loop_criss_cross(q, k, v):
     return out
 
 
+def loop_nearest_sample(label, points, align_corners):
+    """grid_sample(nearest, zeros) of an integer map (H, W) at (P, 2) points in [0, 1]: the
+    float32 pixel coordinate rounded half to even (numpy's rint), 0 outside."""
+    h, w = label.shape
+    out = np.zeros(len(points), dtype=label.dtype)
+    for n, point in enumerate(points.astype(np.float32)):
+        index = []
+        for p, size in zip(point, (w, h)):
+            g = p * np.float32(2) - np.float32(1)
+            if align_corners:
+                index.append(int(np.rint((g + np.float32(1)) * np.float32((size - 1) / 2))))
+            else:
+                index.append(int(np.rint((g + np.float32(1)) * np.float32(size / 2) - np.float32(0.5))))
+        ix, iy = index
+        if 0 <= ix < w and 0 <= iy < h:
+            out[n] = label[iy, ix]
+    return out
+
+
 def loop_point_sample(x, points):
     """grid_sample(bilinear, zeros, align_corners=False) of x (C, H, W) at (P, 2) points in [0, 1]."""
     c, h, w = x.shape
@@ -167,7 +186,7 @@ def check_criss_cross():
 
 def check_point_ops():
     import jittor as jt
-    from models.decoders.point_head import get_points_test, point_sample
+    from models.decoders.point_head import get_points_test, nearest_sample, point_sample
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
     pts = rng.uniform(0, 1, (2, 11, 2)).astype(np.float32)
@@ -176,6 +195,17 @@ def check_point_ops():
     got = point_sample(jt.array(x), jt.array(pts)).numpy()
     for b in range(2):
         assert np.allclose(got[b], loop_point_sample(x[b], pts[b]), atol=1e-5), "point_sample differs"
+    # labels: ties (pixel edges / centres, both borders) where rounding half to even matters
+    label = rng.integers(1, 200, (2, 6, 8)).astype(np.int32)
+    edges = np.concatenate([np.arange(9) / 8, np.arange(8) / 7, (np.arange(7) + 0.5) / 7])
+    grid = np.stack(np.meshgrid(edges, np.concatenate([np.arange(7) / 6, np.arange(6) / 5])),
+                    -1).reshape(1, -1, 2)
+    lpts = np.concatenate([grid, rng.uniform(0, 1, (1, grid.shape[1], 2))]).astype(np.float32)
+    for align_corners in (False, True):
+        got = nearest_sample(jt.array(label), jt.array(lpts), align_corners).numpy()
+        for b in range(2):
+            want = loop_nearest_sample(label[b], lpts[b], align_corners)
+            assert (got[b] == want).all(), f"nearest_sample (align_corners={align_corners}) differs"
     index, points = get_points_test(jt.array(x), 6)
     index, points = index.numpy(), points.numpy()
     top = np.sort(x, axis=1)
