@@ -190,7 +190,7 @@ def _logits(model, rgb, depth, enabled):
                                   "local_configs.NYUDepthv2.DFormerv2_S"])
 def test_model_logits_agree(name):
     cfg = load_config(name)
-    model = EncoderDecoder(cfg, load_pretrained=False)
+    model = EncoderDecoder(cfg)
     for key, value in model.state_dict().items():
         if "layer_scale" in key:        # 1e-6 at init would hide the blocks' contribution
             value.assign(jt.ones(value.shape, "float32"))

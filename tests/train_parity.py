@@ -51,7 +51,7 @@ def build_case_trainer(case, dtype, work_dir):
     cfg = case_config(case)
     assert abs(float(cfg.weight_decay) - float(case["weight_decay"])) == 0.0
     assert float(cfg.lr_power) == float(case["lr_power"])
-    model = EncoderDecoder(cfg, load_pretrained=False, sync_bn=bool(case.get("syncbn", True)))
+    model = EncoderDecoder(cfg, sync_bn=bool(case.get("syncbn", True)))
     entry = bundled_manifest()["configs"][case["config"]]
     load_state_dict(model, synthetic_weights(entry, int(case["weight_seed"])), strict=True,
                     source=f"synthetic weights ({case['config']})")

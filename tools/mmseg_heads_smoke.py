@@ -253,11 +253,12 @@ def assert_close(got, want, what):
 def check_mmseg_fixture(name):
     """Strict load of mmseg's weights, mmseg's key names and shapes, mmseg's outputs."""
     import jittor as jt
-    from utils.checkpoint import load_state_dict
+    from utils.checkpoint import load_state_dict, remap_keys
     meta, state, arrays = read_fixture(name)
     head = build_from_fixture(name, meta)
     own = head.state_dict()
-    mapped = head.checkpoint_filter(state)[0] if hasattr(head, "checkpoint_filter") else state
+    mapped = remap_keys(state, head.checkpoint_key_map())[0] if hasattr(
+        head, "checkpoint_key_map") else state
     ours = {k: tuple(v.shape) for k, v in own.items()}
     theirs = {k: tuple(shape) or (1,) for k, (_, shape) in zip(mapped, meta["keys"])}
     assert ours == theirs, (f"{name}: state dict differs from mmseg's: only ours "
@@ -303,7 +304,7 @@ def tiny_config(decoder, size=(64, 64)):
 def check_head_step(decoder, backbone="DFormer-Tiny", size=(64, 64), odd=(45, 59)):
     """One training step (forward + backward) and inference at an odd size."""
     import jittor as jt
-    from models.builder import build_model
+    from utils.checkpoint import build_model
     jt.set_global_seed(0)
     cfg = tiny_config(decoder, size)
     cfg.backbone = backbone

@@ -23,11 +23,9 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from utils.checkpoint import remap_keys
-from utils.errors import ConfigError
-
-from ..ops import resize
+from ..errors import ConfigError, KeywordError
 from ..losses import cross_entropy
+from ..ops import resize
 from .decode_head import (DecodeHead, build_conv_module, check_act_cfg, check_conv_cfg,
                           mmseg_init, norm_settings, normal_init)
 
@@ -248,7 +246,8 @@ class FPNHead(DecodeHead):
 
     def __init__(self, feature_strides, **kwargs):
         if "input_transform" in kwargs:
-            raise TypeError("FPNHead() got an unexpected keyword argument 'input_transform'")
+            raise KeywordError("FPNHead() got an unexpected keyword argument 'input_transform' "
+                               "(always 'multiple_select')")
         super().__init__(input_transform="multiple_select", **kwargs)
         strides = list(feature_strides)
         if len(strides) != len(self.in_channels) or min(strides) != strides[0]:
@@ -317,7 +316,8 @@ class PointHead(DecodeHead):
     def __init__(self, num_fcs=3, coarse_pred_each_layer=True, conv_cfg=dict(type="Conv1d"),
                  norm_cfg=None, act_cfg=dict(type="ReLU", inplace=False), **kwargs):
         if "input_transform" in kwargs:
-            raise TypeError("PointHead() got an unexpected keyword argument 'input_transform'")
+            raise KeywordError("PointHead() got an unexpected keyword argument 'input_transform' "
+                               "(always 'multiple_select')")
         if norm_cfg is not None:
             raise ConfigError(f"PointHead: norm_cfg {norm_cfg!r} is not supported (mmseg's point "
                               "head has no norm); remove it")
@@ -431,10 +431,11 @@ class PointRendHead(nn.Module):
                           num_classes=num_classes, ignore_index=ignore_index)
         return cls(neck, coarse, point, train_cfg=train_cfg, test_cfg=test_cfg)
 
-    def checkpoint_filter(self, state_dict, prefix=""):
-        """mmseg's cascade keys (``neck.``, ``decode_head.0.``, ``decode_head.1.``) renamed
-        to this head's; ``prefix`` is this head's key prefix in ``state_dict``."""
-        return remap_keys(state_dict, [(old, prefix + new) for old, new in MMSEG_KEY_MAP]), []
+    def checkpoint_key_map(self, prefix=""):
+        """(checkpoint prefix, model prefix) pairs: mmseg's cascade keys (``neck.``,
+        ``decode_head.0.``, ``decode_head.1.``) to this head's, ``prefix`` being this head's
+        key prefix in the model (the checkpoint loader applies them)."""
+        return [(old, prefix + new) for old, new in MMSEG_KEY_MAP]
 
     def init_weights(self):
         for part in (self.neck, self.coarse_head, self.point_head):
