@@ -35,7 +35,7 @@ def benchmark(config, shape=None, cfg_options=None):
     from utils.flops import count_flops, count_params
 
     cfg = load_config(config, cfg_options)
-    model = EncoderDecoder(cfg, load_pretrained=False)
+    model = EncoderDecoder(cfg)
     params = count_params(model)
     full_shape = tuple(shape) if shape else eval_shape(cfg)
     paper_shape = tuple(shape) if shape else PAPER_SHAPE

@@ -1,6 +1,4 @@
 """The RGB-D segmentor: backbone + decode head (+ optional auxiliary head)."""
-import os
-
 import numpy as np
 from jittor import nn
 
@@ -20,9 +18,13 @@ class EncoderDecoder(nn.Module):
 
     The state dict uses the official key names (``backbone.*``, ``decode_head.*``,
     ``aux_head.*``), so official PyTorch checkpoints load unchanged.
+
+    Built with fresh weights; files are read by ``utils.checkpoint``: its ``build_model``
+    loads a trained checkpoint or the config's ImageNet-pretrained backbone
+    (``cfg.pretrained_model``), as every entry point does.
     """
 
-    def __init__(self, cfg, load_pretrained=True, sync_bn=True):
+    def __init__(self, cfg, sync_bn=True):
         super().__init__()
         drop_path = cfg.get("drop_path_rate")
         self.backbone = build_backbone(cfg.backbone, drop_path_rate=0.1 if drop_path is None else drop_path,
@@ -31,26 +33,14 @@ class EncoderDecoder(nn.Module):
             cfg, list(self.backbone.out_channels), sync_bn=sync_bn)
         self.criterion = CrossEntropyLoss(ignore_index=cfg.get("background", 255))
         self.float_dtype = "float32"    # of the parameters; inputs are cast to it
-        self.init_weights(cfg.get("pretrained_model") if load_pretrained else None)
+        self.init_weights()
 
-    def init_weights(self, pretrained=None):
-        """Fresh initialisation, then the ImageNet-pretrained backbone when a path is given.
-
-        A path that does not exist is an error: training silently from random weights
-        would be a much worse surprise than a message.
-        """
+    def init_weights(self):
+        """Fresh initialisation of the backbone and the heads."""
         self.backbone.init_weights()
         for head in (self.decode_head, self.aux_head):
             if head is not None:
                 head.init_weights()
-        if pretrained:
-            from utils.checkpoint import load_pretrained_backbone
-            if not os.path.isfile(pretrained):
-                raise FileNotFoundError(
-                    f"Pretrained backbone not found: {pretrained}. Download the official "
-                    "ImageNet-pretrained file into checkpoints/pretrained/ (see README), or set "
-                    "C.pretrained_model = None in the config to train from scratch.")
-            self.pretrained_report = load_pretrained_backbone(self.backbone, pretrained)
 
     def to_dtype(self, dtype):
         """Cast every floating parameter and buffer to ``dtype`` ("float32" or "float64").
@@ -70,15 +60,18 @@ class EncoderDecoder(nn.Module):
                     var.stop_grad()
         return self
 
+    def checkpoint_key_map(self):
+        """(checkpoint prefix, model prefix) pairs that rename other layouts' keys on load
+        (``utils.checkpoint``): the decode head's (PointRend: mmseg's cascade layout)."""
+        key_map = getattr(self.decode_head, "checkpoint_key_map", None)
+        return key_map("decode_head.") if key_map is not None else []
+
     def checkpoint_filter(self, state_dict):
-        """The backbone's and the decode head's checkpoint filters on their keys (see
-        utils.checkpoint); the PointRend head's maps mmseg's cascade layout."""
-        harmless = []
-        for name, part in (("backbone", self.backbone), ("decode_head", self.decode_head)):
-            if hasattr(part, "checkpoint_filter"):
-                state_dict, dropped = part.checkpoint_filter(state_dict, prefix=name + ".")
-                harmless += dropped
-        return state_dict, harmless
+        """The backbone's checkpoint filter on its keys (known harmless extras of released
+        checkpoints, see ``utils.checkpoint``)."""
+        if hasattr(self.backbone, "checkpoint_filter"):
+            return self.backbone.checkpoint_filter(state_dict, prefix="backbone.")
+        return state_dict, []
 
     def set_nmf_bases(self, bases):
         """Use fixed (un-normalised) NMF bases instead of a random draw per forward.
@@ -119,17 +112,3 @@ class EncoderDecoder(nn.Module):
             # aux_rate as a constant of the loss's dtype (a Python float is float32 in Jittor)
             loss = loss + scalar(self.aux_rate, loss) * self.criterion(aux, label)
         return loss
-
-
-def build_model(cfg, checkpoint=None, strict=True, sync_bn=True, dtype="float32"):
-    """Build the segmentor of ``cfg`` and load ``checkpoint`` (official ``.pth`` or ours).
-
-    With a checkpoint the ImageNet-pretrained backbone file is not needed (the trained
-    weights replace it), unlike the reference which always reads it. ``dtype="float64"``
-    gives the verification path (:meth:`EncoderDecoder.to_dtype`).
-    """
-    model = EncoderDecoder(cfg, load_pretrained=checkpoint is None, sync_bn=sync_bn)
-    if checkpoint is not None:
-        from utils.checkpoint import load_trained_weights
-        model.load_report = load_trained_weights(model, checkpoint, strict=strict)
-    return model.to_dtype(dtype)

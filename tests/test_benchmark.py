@@ -40,7 +40,7 @@ def _close(ours, ref):
 @pytest.mark.parametrize("name", OFFICIAL)
 def test_counts_match_manifest(name):
     entry = _entry(name)
-    model = EncoderDecoder(load_config(name), load_pretrained=False)
+    model = EncoderDecoder(load_config(name))
 
     params = count_params(model)
     ref = entry["param_counts"]
@@ -67,7 +67,7 @@ def test_counts_match_manifest(name):
                                   "local_configs.NYUDepthv2.DFormerv2_S"])
 def test_counts_do_not_depend_on_kernels(name):
     """The portable (CUDA-style) code paths count the same as the CPU kernels."""
-    model = EncoderDecoder(load_config(name), load_pretrained=False)
+    model = EncoderDecoder(load_config(name))
     fast = count_flops(model, PAPER_SHAPE)
     with fused_kernels(False):
         plain = count_flops(model, PAPER_SHAPE)

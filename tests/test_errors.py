@@ -122,8 +122,7 @@ def test_eval_data_error_names_the_file(files, tmp_path):
     with open(label, "wb") as f:
         f.write(b"broken")
     from test_eval import tiny_cfg
-    from models.builder import build_model
-    from utils.checkpoint import atomic_save, model_state_numpy
+    from utils.checkpoint import atomic_save, build_model, model_state_numpy
     ckpt = os.path.join(root, "tiny.pkl")
     atomic_save({"model": model_state_numpy(build_model(tiny_cfg(root)))}, ckpt)
     proc = run(py("utils/eval.py", "--config", TINY, "--checkpoint", ckpt, "--batch-size", "1",

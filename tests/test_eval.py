@@ -12,9 +12,8 @@ import pytest
 
 import jittor as jt
 from local_configs import load_config
-from models.builder import build_model
 from utils.api import override_config
-from utils.checkpoint import CheckpointError, atomic_save, model_state_numpy
+from utils.checkpoint import CheckpointError, atomic_save, build_model, model_state_numpy
 from utils.engine import evaluator as ev
 
 H, W = 64, 96

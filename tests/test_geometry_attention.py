@@ -110,7 +110,7 @@ def _training_gradients(enabled, size=(64, 96), batch=2):
     cfg.drop_path_rate = 0.0
     jt.set_global_seed(0)
     with ops.fused_kernels(enabled):
-        model = EncoderDecoder(cfg, load_pretrained=False)
+        model = EncoderDecoder(cfg)
         for key, value in model.state_dict().items():
             if "layer_scale" in key or "gamma_" in key:   # small at init, would hide the blocks
                 value.assign(jt.ones(value.shape, "float32"))

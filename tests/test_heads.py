@@ -16,12 +16,11 @@ def test_head_matches_mmsegmentation(name):
     smoke.check_mmseg_fixture(name)
 
 
-def test_pointrend_mmseg_checkpoint_loads_into_the_segmentor():
-    """mmseg's cascade layout (neck., decode_head.0., decode_head.1.) loads strictly
-    into the DFormer ``point`` segmentor through the DFormer checkpoint loader."""
-    from models.builder import build_model
+def _point_model_and_mmseg_state():
+    """The DFormer ``point`` segmentor and its state dict in mmseg's cascade layout
+    (floating values + 1)."""
     from models.decoders.point_head import MMSEG_KEY_MAP
-    from utils.checkpoint import load_state_dict, model_state_numpy
+    from utils.checkpoint import build_model, model_state_numpy
     model = build_model(smoke.tiny_config("point"), sync_bn=False)
     state = model_state_numpy(model)
     ours_to_mmseg = [("decode_head." + new, old) for old, new in MMSEG_KEY_MAP]
@@ -32,12 +31,42 @@ def test_pointrend_mmseg_checkpoint_loads_into_the_segmentor():
                 key = theirs + key[len(ours):]
                 break
         mmseg_state[key] = value + 1.0 if value.dtype.kind == "f" else value
+    return model, state, mmseg_state
+
+
+def test_pointrend_mmseg_checkpoint_loads_into_the_segmentor():
+    """mmseg's cascade layout (neck., decode_head.0., decode_head.1.) loads strictly
+    into the DFormer ``point`` segmentor through the DFormer checkpoint loader."""
+    from utils.checkpoint import load_state_dict
+    model, state, mmseg_state = _point_model_and_mmseg_state()
     assert any(k.startswith("neck.") for k in mmseg_state)
     assert any(k.startswith("decode_head.1.fcs.0.conv.") for k in mmseg_state)
     report = load_state_dict(model, mmseg_state, strict=True)
     assert report.ok and not report.harmless
     got = model.decode_head.point_head.fc_seg.bias.numpy()
     assert np.allclose(got, state["decode_head.point_head.fc_seg.bias"] + 1.0)
+
+
+def test_pointrend_load_errors_name_the_checkpoints_keys():
+    """Missing, unexpected and ill-shaped tensors of an mmseg PointRend checkpoint are
+    reported by mmseg's key names (the user's), not by the head's internal ones."""
+    from utils.checkpoint import CheckpointError, load_state_dict
+    model, _, mmseg_state = _point_model_and_mmseg_state()
+    bad = dict(mmseg_state)
+    del bad["decode_head.1.fc_seg.bias"]
+    bad["decode_head.1.fcs.0.conv.bias"] = np.zeros(7, np.float32)
+    bad["decode_head.0.extra.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(CheckpointError) as info:
+        load_state_dict(model, bad, strict=True, source="pointrend.pth")
+    message = str(info.value)
+    assert "missing: decode_head.1.fc_seg.bias" in message
+    assert "unexpected: decode_head.0.extra.weight" in message
+    assert "decode_head.1.fcs.0.conv.bias checkpoint (7,)" in message
+    assert "point_head" not in message and "coarse_head" not in message
+    both = dict(mmseg_state, **{"decode_head.point_head.fc_seg.bias": np.zeros(3, np.float32)})
+    with pytest.raises(CheckpointError, match="'decode_head.1.fc_seg.bias' and "
+                                              "'decode_head.point_head.fc_seg.bias'"):
+        load_state_dict(model, both, strict=True, source="pointrend.pth")
 
 
 def _psa(**kw):
@@ -100,7 +129,7 @@ def test_psa_refuses_what_it_cannot_honour(kwargs, error):
 
 
 def test_mask_size_is_required_and_other_heads_refuse_too():
-    from models.decoders import FPN, CCHead, PointHead, PointRendHead, PSAHead
+    from models.decoders import FPN, CCHead, FPNHead, PointHead, PointRendHead, PSAHead
     with pytest.raises(TypeError):
         PSAHead(in_channels=8, in_index=0, channels=4, num_classes=3)
     with pytest.raises(TypeError):  # CCHead fixes num_convs at 2, as mmseg
@@ -110,6 +139,11 @@ def test_mask_size_is_required_and_other_heads_refuse_too():
                   num_classes=3)
     with pytest.raises(ConfigError):
         FPN([4, 8], 8, num_outs=2, add_extra_convs=True)
+    for cls, extra in ((FPNHead, dict(feature_strides=[4])), (PointHead, {})):
+        with pytest.raises(TypeError, match="input_transform") as info:
+            cls(input_transform="resize_concat", in_channels=[8], in_index=[0], channels=8,
+                num_classes=3, **extra)
+        assert isinstance(info.value, ConfigError)  # one line under the entry points
     with pytest.raises(ConfigError):
         PointRendHead.build([4, 6, 8, 10], 3, test_cfg=dict(mode="slide"))
     with pytest.raises(ConfigError):

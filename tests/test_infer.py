@@ -10,11 +10,10 @@ from test_eval import H, TINY_OPTIONS, W, make_tiny_root
 
 import jittor as jt
 from local_configs import load_config
-from models.builder import build_model
 from utils import infer as infer_cli
 from utils import visualize as vis
 from utils.api import InputError, inference_model, init_model, override_config
-from utils.checkpoint import atomic_save, model_state_numpy
+from utils.checkpoint import atomic_save, build_model, model_state_numpy
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,18 @@
 """Model zoo structure: every config builds with the official state-dict layout; training
 signals reach every trainable tensor; bad checkpoints and config names fail clearly."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from conftest import load_manifest, parity_root
+from conftest import REPO, load_manifest, parity_root
 
 import jittor as jt
 from local_configs import list_configs, load_config
-from models.builder import EncoderDecoder, build_model
-from utils.checkpoint import CheckpointError
+from models.builder import EncoderDecoder
+from utils.checkpoint import CheckpointError, build_model
 
 OFFICIAL = [name for name in list_configs() if name.split(".")[1] in ("NYUDepthv2", "SUNRGBD")]
 
@@ -30,7 +32,7 @@ def test_state_dict_matches_manifest(name):
     if entry is None:
         pytest.skip(f"{name} not in the manifest")
     cfg = load_config(name)
-    model = EncoderDecoder(cfg, load_pretrained=False)
+    model = EncoderDecoder(cfg)
     ours = [(k, _shape(v.shape)) for k, v in model.state_dict().items()]
     ref = [(k, _shape(s)) for k, s, _ in entry["state_dict"]]
     assert [k for k, _ in ours] == [k for k, _ in ref], "state-dict keys or their order differ"
@@ -54,7 +56,7 @@ BACKBONE_CONFIGS = ["local_configs.NYUDepthv2.DFormer_Tiny", "local_configs.NYUD
 def test_forward_backward_reaches_every_trainable_tensor(name):
     cfg = load_config(name)
     cfg.drop_path_rate = 0.0  # a dropped branch legitimately gets no gradient in that step
-    model = EncoderDecoder(cfg, load_pretrained=False)
+    model = EncoderDecoder(cfg)
     model.train()
     rng = np.random.RandomState(0)
     rgb = jt.array(rng.randn(2, 3, 64, 64).astype(np.float32))
@@ -105,7 +107,7 @@ def test_missing_pretrained_backbone_is_an_error(tmp_path):
     cfg = load_config("local_configs.NYUDepthv2.DFormer_Tiny")
     cfg.pretrained_model = str(tmp_path / "DFormer_Tiny.pth.tar")
     with pytest.raises(FileNotFoundError, match="DFormer_Tiny.pth.tar"):
-        EncoderDecoder(cfg)
+        build_model(cfg)
 
 
 def test_unknown_config_name():
@@ -152,7 +154,7 @@ def test_official_pth_tar_name_loads(tmp_path):
     shutil.copyfile(src, dst)
     cfg = load_config("local_configs.NYUDepthv2.DFormer_Tiny")
     cfg.pretrained_model = str(dst)
-    model = EncoderDecoder(cfg)
+    model = build_model(cfg)
     assert model.pretrained_report.ok and len(model.pretrained_report.loaded) == 670
 
 
@@ -160,7 +162,7 @@ def test_wrapped_and_prefixed_checkpoints_load(tmp_path):
     """`state_dict` entries with DDP `module.` prefixes, and known extra keys, are handled."""
     from utils.checkpoint import atomic_save, model_state_numpy
     cfg = load_config("local_configs.NYUDepthv2.DFormer_Tiny")
-    source = EncoderDecoder(cfg, load_pretrained=False)
+    source = EncoderDecoder(cfg)
     state = {"module." + k: v for k, v in model_state_numpy(source).items()}
     state["module.backbone.norm0.weight"] = np.ones(32, np.float32)  # as in released v1 files
     path = str(tmp_path / "ddp.pkl")
@@ -173,3 +175,70 @@ def test_wrapped_and_prefixed_checkpoints_load(tmp_path):
     atomic_save({"state_dict": state}, path)
     with pytest.raises(CheckpointError, match="missing: decode_head.conv_seg.weight"):
         build_model(cfg, checkpoint=path)
+
+
+def _imports(path):
+    """(absolute module name, line) of every import in ``path``, functions included;
+    relative imports resolved against the module's package."""
+    import ast
+    package = os.path.relpath(path, REPO).split(os.sep)[:-1]
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                yield node.module, node.lineno
+            else:
+                base = package[:len(package) - node.level + 1] if node.level <= len(package) else []
+                yield ".".join(base + ([node.module] if node.module else [])), node.lineno
+
+
+def test_models_import_nothing_from_utils():
+    """models/ stands on its own: no import of utils/ anywhere in it (lazy ones included),
+    and every models module imports while utils/ cannot be imported."""
+    found = []
+    for folder, _, names in os.walk(os.path.join(REPO, "models")):
+        for name in names:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                for module, line in _imports(path):
+                    if module == "" or module.split(".")[0] in ("utils", "tools", "mmseg"):
+                        found.append(f"{os.path.relpath(path, REPO)}:{line} imports {module!r}")
+    assert not found, "models/ imports from above it: " + "; ".join(found)
+    code = """
+import importlib, pkgutil, sys
+from utils import runtime
+runtime.setup()
+for name in [m for m in sys.modules if m == "utils" or m.startswith("utils.")]:
+    del sys.modules[name]
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "utils" or name.startswith("utils."):
+            raise ImportError("models/ must not import " + name)
+sys.meta_path.insert(0, Block())
+import models
+names = [m.name for m in pkgutil.walk_packages(models.__path__, "models.")]
+for name in names:
+    importlib.import_module(name)
+print(len(names))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.split()[-1]) > 20
+
+
+def test_errors_are_shared_and_light():
+    """``utils.errors`` re-exports the model package's errors (one class each) without
+    loading Jittor or numpy; an unknown keyword is a ConfigError and a TypeError."""
+    code = ("import sys, utils.errors as e, models.errors as m; "
+            "assert e.ConfigError is m.ConfigError and e.UserError is m.UserError; "
+            "assert issubclass(e.KeywordError, e.ConfigError) and issubclass(e.KeywordError, TypeError); "
+            "print(sorted(k for k in ('jittor', 'numpy') if k in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"

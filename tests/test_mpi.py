@@ -420,7 +420,7 @@ from utils.engine.trainer import restore_model_state
 
 root, checkpoint, out, nval = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 cfg = tiny_cfg(root, nval=nval)
-model = EncoderDecoder(cfg, load_pretrained=False)
+model = EncoderDecoder(cfg)
 restore_model_state(model, read_checkpoint(checkpoint)["model"])
 world = jt.world_size if jt.in_mpi else 1
 bases = np.random.default_rng(0).random((1, 512, 64)).astype(np.float32)

@@ -103,6 +103,29 @@ def test_resize(shape, size, align_corners):
                         lambda t: interpolate.can_use(*t))
 
 
+@pytest.mark.parametrize("shape, scale_factor, align_corners", [
+    ((2, 3, 13, 17), 1.5, False), ((1, 4, 19, 25), 1.5, True), ((2, 3, 7, 9), (2, 0.5), False)])
+def test_resize_scale_factor(shape, scale_factor, align_corners):
+    arrays = [_random(np.random.RandomState(2), shape)]
+    fn = lambda x: interpolate.resize(x, scale_factor=scale_factor, align_corners=align_corners)
+    _assert_paths_agree(fn, arrays, lambda t: interpolate.can_use(*t))
+
+
+def test_resize_scale_factor_maps_by_the_factor():
+    """``F.interpolate(scale_factor=s)``: size ``int(n * s)``, source ``(dst + 0.5) / s - 0.5``."""
+    x = jt.array(_random(np.random.RandomState(3), (1, 2, 13, 1)))
+    out = interpolate.resize(x, scale_factor=1.5)
+    assert tuple(out.shape) == (1, 2, 19, 1)  # 19.5 -> 19; the width 1 -> 1 is copied
+    m = interpolate.interp_matrix(19, 13, scale=1.5)
+    assert np.allclose(m[18, 11:], [1 / 6, 5 / 6])  # 18.5 / 1.5 - 0.5 = 11.83 (13 / 19: 12.16)
+    np.testing.assert_allclose(out.numpy()[0, :, :, 0], x.numpy()[0, :, :, 0] @ m.T, rtol=1e-6)
+    assert np.array_equal(interpolate.interp_matrix(14, 7, scale=2.0), interpolate.interp_matrix(14, 7))
+    assert np.array_equal(interpolate.interp_matrix(19, 13, True, scale=1.5),
+                          interpolate.interp_matrix(19, 13, True))
+    with pytest.raises(ValueError):
+        interpolate.resize(x, (4, 4), scale_factor=2)
+
+
 @pytest.mark.parametrize("shape, k, residual", [
     ((2, 5, 7, 32), 3, True), ((1, 9, 6, 48), 5, False), ((2, 4, 9, 80), 3, False),
     ((2, 7, 5, 24), 3, True), ((1, 11, 10, 40), 7, False), ((3, 6, 7, 16), 7, True)])
@@ -167,7 +190,7 @@ def _logits(model, rgb, depth, enabled):
                                   "local_configs.NYUDepthv2.DFormerv2_S"])
 def test_model_logits_agree(name):
     cfg = load_config(name)
-    model = EncoderDecoder(cfg, load_pretrained=False)
+    model = EncoderDecoder(cfg)
     for key, value in model.state_dict().items():
         if "layer_scale" in key:        # 1e-6 at init would hide the blocks' contribution
             value.assign(jt.ones(value.shape, "float32"))

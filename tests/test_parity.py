@@ -24,8 +24,8 @@ from parity_fixtures import (BUNDLED_CASES, array_sha256, bundled_case, bundled_
 
 import jittor as jt
 from local_configs import load_config
-from models.builder import EncoderDecoder, build_model
-from utils.checkpoint import load_pretrained_backbone, load_state_dict, read_checkpoint, segmentor_state_dict
+from models.builder import EncoderDecoder
+from utils.checkpoint import build_model, load_state_dict, read_checkpoint, segmentor_state_dict
 from utils.dataloader.transforms import EvalTransform
 
 TENSORS = ("feat_0", "feat_1", "feat_2", "feat_3", "logits")
@@ -67,7 +67,7 @@ def _model_for(config_id):
         entry = load_manifest(root)["configs"][config_id]
         gen = _gen_weights_module(root)
         state = gen.generate_state_dict(entry, seed)
-        model = EncoderDecoder(cfg, load_pretrained=False)
+        model = EncoderDecoder(cfg)
         load_state_dict(model, state, strict=True, source=f"generated weights ({config_id})")
     model.eval()
     _MODELS[config_id] = model
@@ -112,7 +112,7 @@ def test_pretrained_backbone_loads_every_key(config_id):
     root = parity_root()
     cfg = load_config("local_configs." + config_id.replace("/", "."))
     cfg.pretrained_model = os.path.join(root, config_id, "pretrained_backbone.pth")
-    model = EncoderDecoder(cfg)  # loads the pretrained file through the config, as users do
+    model = build_model(cfg)  # loads the pretrained file through the config, as users do
     report = model.pretrained_report
     assert report.ok and not report.harmless
     assert len(report.loaded) == len(model.backbone.state_dict())
@@ -152,7 +152,7 @@ def test_bundled_case_matches_reference(config_id):
     state = synthetic_weights(bundled_manifest()["configs"][config_id], info["weight_seed"])
     assert content_digest(state) == info["weights_content_digest"]
     cfg = load_config("local_configs." + config_id.replace("/", "."))
-    model = EncoderDecoder(cfg, load_pretrained=False)
+    model = EncoderDecoder(cfg)
     load_state_dict(model, state, strict=True, source=f"synthetic weights ({config_id})")
     model.eval()
     d = arrays["depth_file_uint8"]

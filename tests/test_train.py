@@ -285,7 +285,7 @@ REFERENCE_GROUPS = {
 @pytest.mark.parametrize("config", sorted(REFERENCE_GROUPS))
 def test_param_groups_match_reference_counts(config):
     from models.builder import EncoderDecoder
-    model = EncoderDecoder(load_config(config), load_pretrained=False)
+    model = EncoderDecoder(load_config(config))
     groups = group_parameters(model)
     c = groups.counts()
     assert (c["decay"], c["no_decay"], c["excluded"], c["excluded_scalars"]) == \

@@ -271,7 +271,7 @@ def test_float64_model_loads_and_restores_in_float64(tmp_path):
     from utils.engine.trainer import restore_model_state
 
     case, _ = read_case(os.path.join(BUNDLE, BUNDLED[0]))
-    model = EncoderDecoder(case_config(case), load_pretrained=False).to_dtype("float64")
+    model = EncoderDecoder(case_config(case)).to_dtype("float64")
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     key = next(k for k, v in state.items() if v.dtype == np.float64 and v.size > 1)
     state[key] = state[key] + 1e-12      # below float32's resolution

@@ -61,7 +61,7 @@ def build_case_trainer(case, dtype, work_dir):
     cfg = case_config(case)
     assert abs(float(cfg.weight_decay) - float(case["weight_decay"])) == 0.0
     assert float(cfg.lr_power) == float(case["lr_power"])
-    model = EncoderDecoder(cfg, load_pretrained=False, sync_bn=bool(case.get("syncbn", True)))
+    model = EncoderDecoder(cfg, sync_bn=bool(case.get("syncbn", True)))
     load_state_dict(model, case_weights(case), strict=True,
                     source=f"synthetic weights ({case['config']})")
     model.to_dtype(dtype)

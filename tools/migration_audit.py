@@ -109,8 +109,7 @@ def audit_case(case, args, tmp_dir):
     """One case's results as a dict (``ok`` False and ``error`` set on failure)."""
     import jittor as jt
     from benchmark import eval_shape
-    from models.builder import build_model
-    from utils.checkpoint import atomic_save, model_state_numpy
+    from utils.checkpoint import atomic_save, build_model, model_state_numpy
     from utils.config import load_config
     from utils.flops import count_flops, count_params
     config, _ = CASES[case]

@@ -223,6 +223,7 @@ def check_inferencer(ctx):
             inferencer(tuple(ctx.pairs[0]), **typo)
         except ConfigError as exc:
             assert repr(next(iter(typo))) in str(exc), str(exc)
+            assert isinstance(exc, TypeError), "an unknown keyword is also a TypeError"
             continue
         raise AssertionError(f"no error for the unknown keyword {typo}")
 

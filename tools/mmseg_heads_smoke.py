@@ -6,11 +6,12 @@ Checks, each reported as one PASS/FAIL line:
 
 * each head against mmsegmentation's own code: the fixtures in
   ``tests/fixtures/mmseg_heads`` (random weights, inputs and mmseg 1.2.2's outputs,
-  written once by a generator kept outside the repository, see ``meta.json``) are
-  loaded strictly through ``utils.checkpoint`` into heads built from the same mmseg
-  arguments; the state-dict keys and shapes must be mmseg's and every output must
-  match within 1e-4 * max(1, |ref|) (PointRend: coarse logits, point logits at fixed
-  points, point loss with ignored labels, the subdivision output);
+  written by ``gen_mmseg_heads.py`` beside them) are loaded strictly through
+  ``utils.checkpoint`` into heads built from the same mmseg arguments; the state-dict
+  keys and shapes must be mmseg's and every output must match within
+  1e-4 * max(1, |ref|) (PointRend: coarse logits, point logits at fixed points, point
+  loss with ignored labels, the subdivision output; also with ``align_corners=True``
+  and with ``scale_factor=1.5`` over three subdivision steps);
 * the attention ops against direct loop-based numpy computations on small tensors:
   the PSA mask op (collect and distribute) and the full PSA aggregation, criss-cross
   attention (with the self position masked in the vertical branch), PointRend's
@@ -38,7 +39,8 @@ runtime.setup()  # before jittor is imported
 HEADS = ("psa", "cc", "point")
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "mmseg_heads")
 MMSEG_FIXTURES = ("psa_bidirection", "psa_collect_compact", "psa_distribute_concat", "cc_single",
-                  "cc_dilated_concat", "pointrend")
+                  "cc_dilated_concat", "pointrend", "pointrend_align_corners",
+                  "pointrend_scale_1_5")
 
 
 # ----------------------------------------------------------------------------- loop references
@@ -105,6 +107,25 @@ def loop_criss_cross(q, k, v):
     return out
 
 
+def loop_nearest_sample(label, points, align_corners):
+    """grid_sample(nearest, zeros) of an integer map (H, W) at (P, 2) points in [0, 1]: the
+    float32 pixel coordinate rounded half to even (numpy's rint), 0 outside."""
+    h, w = label.shape
+    out = np.zeros(len(points), dtype=label.dtype)
+    for n, point in enumerate(points.astype(np.float32)):
+        index = []
+        for p, size in zip(point, (w, h)):
+            g = p * np.float32(2) - np.float32(1)
+            if align_corners:
+                index.append(int(np.rint((g + np.float32(1)) * np.float32((size - 1) / 2))))
+            else:
+                index.append(int(np.rint((g + np.float32(1)) * np.float32(size / 2) - np.float32(0.5))))
+        ix, iy = index
+        if 0 <= ix < w and 0 <= iy < h:
+            out[n] = label[iy, ix]
+    return out
+
+
 def loop_point_sample(x, points):
     """grid_sample(bilinear, zeros, align_corners=False) of x (C, H, W) at (P, 2) points in [0, 1]."""
     c, h, w = x.shape
@@ -165,7 +186,7 @@ def check_criss_cross():
 
 def check_point_ops():
     import jittor as jt
-    from models.decoders.point_head import get_points_test, point_sample
+    from models.decoders.point_head import get_points_test, nearest_sample, point_sample
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
     pts = rng.uniform(0, 1, (2, 11, 2)).astype(np.float32)
@@ -174,6 +195,17 @@ def check_point_ops():
     got = point_sample(jt.array(x), jt.array(pts)).numpy()
     for b in range(2):
         assert np.allclose(got[b], loop_point_sample(x[b], pts[b]), atol=1e-5), "point_sample differs"
+    # labels: ties (pixel edges / centres, both borders) where rounding half to even matters
+    label = rng.integers(1, 200, (2, 6, 8)).astype(np.int32)
+    edges = np.concatenate([np.arange(9) / 8, np.arange(8) / 7, (np.arange(7) + 0.5) / 7])
+    grid = np.stack(np.meshgrid(edges, np.concatenate([np.arange(7) / 6, np.arange(6) / 5])),
+                    -1).reshape(1, -1, 2)
+    lpts = np.concatenate([grid, rng.uniform(0, 1, (1, grid.shape[1], 2))]).astype(np.float32)
+    for align_corners in (False, True):
+        got = nearest_sample(jt.array(label), jt.array(lpts), align_corners).numpy()
+        for b in range(2):
+            want = loop_nearest_sample(label[b], lpts[b], align_corners)
+            assert (got[b] == want).all(), f"nearest_sample (align_corners={align_corners}) differs"
     index, points = get_points_test(jt.array(x), 6)
     index, points = index.numpy(), points.numpy()
     top = np.sort(x, axis=1)
@@ -207,7 +239,7 @@ def build_from_fixture(name, meta):
         return CCHead(**cfg)
     coarse, point = cfg["decode_head"]
     return PointRendHead(FPN(**cfg["neck"]), FPNHead(**coarse), PointHead(**point),
-                         test_cfg=cfg["test_cfg"])
+                         train_cfg=cfg["train_cfg"], test_cfg=cfg["test_cfg"])
 
 
 def assert_close(got, want, what):
@@ -221,11 +253,12 @@ def assert_close(got, want, what):
 def check_mmseg_fixture(name):
     """Strict load of mmseg's weights, mmseg's key names and shapes, mmseg's outputs."""
     import jittor as jt
-    from utils.checkpoint import load_state_dict
+    from utils.checkpoint import load_state_dict, remap_keys
     meta, state, arrays = read_fixture(name)
     head = build_from_fixture(name, meta)
     own = head.state_dict()
-    mapped = head.checkpoint_filter(state)[0] if hasattr(head, "checkpoint_filter") else state
+    mapped = remap_keys(state, head.checkpoint_key_map())[0] if hasattr(
+        head, "checkpoint_key_map") else state
     ours = {k: tuple(v.shape) for k, v in own.items()}
     theirs = {k: tuple(shape) or (1,) for k, (_, shape) in zip(mapped, meta["keys"])}
     assert ours == theirs, (f"{name}: state dict differs from mmseg's: only ours "
@@ -271,7 +304,7 @@ def tiny_config(decoder, size=(64, 64)):
 def check_head_step(decoder, backbone="DFormer-Tiny", size=(64, 64), odd=(45, 59)):
     """One training step (forward + backward) and inference at an odd size."""
     import jittor as jt
-    from models.builder import build_model
+    from utils.checkpoint import build_model
     jt.set_global_seed(0)
     cfg = tiny_config(decoder, size)
     cfg.backbone = backbone

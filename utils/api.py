@@ -66,7 +66,7 @@ def init_model(config, checkpoint=None, device=None, strict=True, cfg_options=No
     backbone when its file exists) and a warning is issued. ``device``: "auto"
     (default: CUDA when available), "cpu" or "cuda". The config is kept as ``model.cfg``.
     """
-    from models.builder import build_model
+    from utils.checkpoint import build_model
     _select_device(device)
     cfg = _resolve_config(config, cfg_options)
     if checkpoint is None:

@@ -1,4 +1,5 @@
-"""Checkpoint reading, key mapping, strict loading and atomic saving, in one place.
+"""Checkpoint reading, key mapping, strict loading and atomic saving, in one place; and
+:func:`build_model`, the segmentor with its weights (the models themselves read no files).
 
 Formats read (no torch needed):
 
@@ -11,7 +12,9 @@ Layouts understood:
 * trained segmentor checkpoints: ``{"model": sd, ...}``, ``{"state_dict": sd}`` or a bare
   state dict, optionally with a ``module.`` prefix (DDP);
 * ImageNet-pretrained backbones: ``state_dict_ema`` (preferred), ``state_dict`` or
-  ``model`` entries, keys with or without ``backbone.`` / ``module.`` prefixes.
+  ``model`` entries, keys with or without ``backbone.`` / ``module.`` prefixes;
+* other key layouts a model declares in ``checkpoint_key_map()`` (mmseg's PointRend
+  cascade, next to the head). Load errors name the checkpoint's keys, not the model's.
 """
 import os
 import tempfile
@@ -124,21 +127,46 @@ def backbone_state_dict(obj, source="checkpoint"):
     return out
 
 
-def remap_keys(state_dict, table):
-    """``state_dict`` with each key's leading ``old`` prefix replaced by ``new`` (first
-    matching ``(old, new)`` pair of ``table``); other keys unchanged, order kept."""
-    out = OrderedDict()
+def remap_keys(state_dict, table, source="checkpoint"):
+    """(``state_dict`` with each key's leading ``old`` prefix replaced by ``new`` (first
+    matching ``(old, new)`` pair of ``table``; other keys unchanged, order kept),
+    ``{new key: old key}`` of the renamed keys). Two keys on one name are an error."""
+    out, origin = OrderedDict(), {}
     for key, value in state_dict.items():
+        name = key
         for old, new in table:
             if key.startswith(old):
-                key = new + key[len(old):]
+                name = new + key[len(old):]
                 break
-        out[key] = value
-    return out
+        if name in out:
+            raise CheckpointError(f"{source}: the keys {origin.get(name, name)!r} and {key!r} "
+                                  "are the same tensor in two layouts; keep one")
+        out[name] = value
+        if name != key:
+            origin[name] = key
+    return out, origin
+
+
+def _checkpoint_namer(origin, table):
+    """Model key -> the checkpoint's name for it: its source key when the checkpoint has it,
+    else (a missing key) the name in the layout the checkpoint uses for that prefix."""
+    used = [(old, new) for old, new in table
+            if any(k.startswith(new) and v.startswith(old) for k, v in origin.items())]
+
+    def name(key, present=True):
+        if present or key in origin:
+            return origin.get(key, key)
+        for old, new in used:
+            if key.startswith(new):
+                return old + key[len(new):]
+        return key
+    return name
 
 
 class LoadReport:
-    """What happened when a state dict was loaded into a module."""
+    """What happened when a state dict was loaded into a module: ``loaded`` in the model's
+    key names; ``missing``, ``unexpected``, ``harmless`` and ``mismatched`` in the
+    checkpoint's (its layout's name for a missing key)."""
 
     def __init__(self, loaded, missing, unexpected, harmless, mismatched):
         self.loaded = loaded
@@ -176,6 +204,7 @@ def _same_shape(ckpt_shape, model_shape):
 def load_state_dict(module, state_dict, strict=True, source="checkpoint"):
     """Copy ``state_dict`` into ``module``.
 
+    Keys are first renamed by the module's ``checkpoint_key_map()`` (when it has one).
     Every model tensor must be present with the right shape, and every checkpoint key
     must be used, except the known harmless extras that the module's own
     ``checkpoint_filter(state_dict)`` (when it has one) removes first: those are
@@ -184,6 +213,8 @@ def load_state_dict(module, state_dict, strict=True, source="checkpoint"):
     a shape mismatch is always an error.
     """
     own = module.state_dict()
+    table = module.checkpoint_key_map() if hasattr(module, "checkpoint_key_map") else []
+    state_dict, origin = remap_keys(state_dict, table, source)
     harmless = []
     if hasattr(module, "checkpoint_filter"):
         state_dict, harmless = module.checkpoint_filter(state_dict)
@@ -199,7 +230,10 @@ def load_state_dict(module, state_dict, strict=True, source="checkpoint"):
             continue
         loaded.append(key)
     missing = [k for k in own if k not in state_dict]
-    report = LoadReport(loaded, missing, unexpected, harmless, mismatched)
+    name = _checkpoint_namer(origin, table)
+    report = LoadReport(loaded, [name(k, present=False) for k in missing],
+                        [name(k) for k in unexpected], [name(k) for k in harmless],
+                        [(name(k), a, b) for k, a, b in mismatched])
     if mismatched or (strict and not report.ok):
         hint = ""
         if mismatched or len(missing) > len(own) // 2:
@@ -226,6 +260,37 @@ def load_trained_weights(model, path, strict=True):
     """Load a trained segmentor checkpoint (official ``.pth`` or ours) into ``model``."""
     obj = read_checkpoint(path)
     return load_state_dict(model, segmentor_state_dict(obj, path), strict=strict, source=path)
+
+
+def build_model(cfg, checkpoint=None, strict=True, sync_bn=True, dtype="float32",
+                with_pretrained=True):
+    """The segmentor of ``cfg`` (``models.builder.EncoderDecoder``) with its weights:
+    ``checkpoint`` (official ``.pth`` or ours; ``model.load_report``), else the
+    ImageNet-pretrained backbone ``cfg.pretrained_model`` when set and ``with_pretrained``
+    (see :func:`load_pretrained`). With a checkpoint the pretrained file is not needed (the
+    trained weights replace it), unlike the reference which always reads it.
+    ``dtype="float64"`` gives the verification path (``EncoderDecoder.to_dtype``).
+    """
+    from models.builder import EncoderDecoder
+    model = EncoderDecoder(cfg, sync_bn=sync_bn)
+    if checkpoint is not None:
+        model.load_report = load_trained_weights(model, checkpoint, strict=strict)
+    elif with_pretrained and cfg.get("pretrained_model"):
+        load_pretrained(model, cfg.get("pretrained_model"))
+    return model.to_dtype(dtype)
+
+
+def load_pretrained(model, path):
+    """The ImageNet-pretrained backbone file ``path`` into the segmentor ``model``
+    (``model.pretrained_report``). A path that does not exist is an error: training
+    silently from random weights would be a much worse surprise than a message."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Pretrained backbone not found: {path}. Download the official ImageNet-pretrained "
+            "file into checkpoints/pretrained/ (see README), or set C.pretrained_model = None "
+            "in the config to train from scratch.")
+    model.pretrained_report = load_pretrained_backbone(model.backbone, path)
+    return model.pretrained_report
 
 
 def load_pretrained_backbone(backbone, path):

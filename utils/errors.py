@@ -7,22 +7,19 @@ message is one line naming the file or key and what to do. Entry points run thei
 with status 2, without a traceback (``--debug`` or ``DFORMER_DEBUG=1`` shows it).
 Unexpected exceptions keep their traceback. Under MPI only rank 0 prints.
 
-This module imports neither Jittor nor numpy, so it is safe anywhere.
+``UserError``, ``ConfigError`` and ``KeywordError`` (a ``ConfigError`` that is also a
+``TypeError``: unknown or missing keywords) live in ``models.errors``, the package below this
+one, and are re-exported here. This module imports neither Jittor nor numpy, so it is safe
+anywhere (``models/__init__.py`` imports nothing).
 """
 import argparse
 import os
 import sys
 
-__all__ = ["UserError", "ConfigError", "CheckpointError", "DataError", "InputError",
-           "ArgumentParser", "debug_enabled", "mpi_rank", "run_cli"]
+from models.errors import ConfigError, KeywordError, UserError
 
-
-class UserError(Exception):
-    """A problem the user can fix; ``str(exc)`` is the complete one-line message."""
-
-
-class ConfigError(UserError, ValueError):
-    """Unknown config, unknown or malformed config key / option value."""
+__all__ = ["UserError", "ConfigError", "KeywordError", "CheckpointError", "DataError",
+           "InputError", "ArgumentParser", "debug_enabled", "mpi_rank", "run_cli"]
 
 
 class CheckpointError(UserError, RuntimeError):

@@ -141,7 +141,7 @@ def main(argv=None, cfg=None, callback=None):
         cfg.pad_SUNRGBD = args.pad_sunrgbd
     scales, flip = resolve_modes(args, cfg)
 
-    from models.builder import build_model
+    from utils.checkpoint import build_model
     model = build_model(cfg, checkpoint=args.checkpoint, strict=args.strict)
     loader = build_loader(cfg, args)
     if is_main_process():

@@ -84,7 +84,7 @@ def measure(config, shape=(480, 640), batch=1, warmup=3, iters=10, efficiency=Fa
 
     device = runtime.init_device(_use_cuda(device))
     cfg = load_config(config, cfg_options)
-    model = EncoderDecoder(cfg, load_pretrained=False)
+    model = EncoderDecoder(cfg)
     model.eval()
     fix_nmf_bases(model, batch)
     h, w = int(shape[0]), int(shape[1])
@@ -135,7 +135,7 @@ def measure_train(config, shape=(240, 320), batch=2, warmup=1, iters=5, cfg_opti
 
     device = runtime.init_device(_use_cuda(device))
     cfg = load_config(config, cfg_options)
-    model = EncoderDecoder(cfg, load_pretrained=False)
+    model = EncoderDecoder(cfg)
     model.train()
     groups = group_parameters(model, train_all=bool(cfg.get("train_all_params", False)))
     optimizer = build_optimizer(cfg, groups)

@@ -177,10 +177,10 @@ def resolve_amp(args, device, logger):
 def build_model(cfg, args, resuming, logger):
     """The segmentor (+ ZeroDepth wrapper): ImageNet weights unless resuming, then the
     config's ``load_from`` weights (non-strict, as mmengine) unless resuming."""
-    from models.builder import EncoderDecoder
+    from utils import checkpoint
     from utils.engine.trainer import ZeroDepth
     try:
-        model = EncoderDecoder(cfg, load_pretrained=not resuming, sync_bn=args.syncbn)
+        model = checkpoint.build_model(cfg, sync_bn=args.syncbn, with_pretrained=not resuming)
     except FileNotFoundError as exc:  # the pretrained backbone file
         raise CheckpointError(str(exc)) from None
     report = getattr(model, "pretrained_report", None)
@@ -190,8 +190,7 @@ def build_model(cfg, args, resuming, logger):
         logger.warning("No pretrained backbone (C.pretrained_model is empty): training from "
                        "scratch.")
     if cfg.get("load_from") and not resuming:
-        from utils.checkpoint import load_trained_weights
-        report = load_trained_weights(model, cfg.load_from, strict=False)
+        report = checkpoint.load_trained_weights(model, cfg.load_from, strict=False)
         logger.info(f"load_from {cfg.load_from}: {report.summary()}")
     model.to_dtype(args.dtype)   # before the optimiser: its moments follow the parameters
     forward = ZeroDepth(model) if args.zero_depth else model

@@ -15,7 +15,7 @@ when ``out_dir`` is given. A keyword mmseg does not know here is an error.
 """
 import os
 
-from utils.errors import ConfigError, InputError
+from utils.errors import ConfigError, InputError, KeywordError
 
 from .inference import init_model, inference_model, split_rgbd
 
@@ -101,7 +101,7 @@ class MMSegInferencer:
         if kwargs:
             key = sorted(kwargs)[0]
             hint = " (did you mean return_datasamples?)" if key == "return_datasample" else ""
-            raise ConfigError(f"MMSegInferencer: unknown argument {key!r}{hint}; accepted: "
+            raise KeywordError(f"MMSegInferencer: unknown argument {key!r}{hint}; accepted: "
                               "return_datasamples, batch_size, return_vis, show, wait_time, "
                               "out_dir, img_out_dir, pred_out_dir, opacity, with_labels, tta, "
                               "sliding")

@@ -72,8 +72,9 @@ class Registry:
 
     def build(self, cfg, **default_args):
         """Build ``cfg`` (a dict with ``type``): the other keys go to the registered object
-        by name; a key it does not take is a :class:`ConfigError` naming it."""
-        from utils.errors import ConfigError
+        by name; a key it does not take is a :class:`KeywordError` (a ``ConfigError`` and a
+        ``TypeError``, as mmseg raises) naming it."""
+        from utils.errors import ConfigError, KeywordError
         if not isinstance(cfg, dict) or "type" not in cfg:
             raise ConfigError(f"{self.name}: a config dict with a 'type' key is needed, got {cfg!r}")
         args = copy.deepcopy(dict(cfg))
@@ -91,7 +92,7 @@ class Registry:
             problem = _keyword_problem(exc)
             if problem is None:
                 raise
-            raise ConfigError(f"{kind}: {problem}") from None
+            raise KeywordError(f"{kind}: {problem}") from None
 
 
 def _accepted(obj):
@@ -105,20 +106,21 @@ def _accepted(obj):
 
 
 def check_keys(obj, args, owner):
-    """ConfigError naming the first key of ``args`` that ``obj`` does not take."""
-    from utils.errors import ConfigError
+    """KeywordError naming the first key of ``args`` that ``obj`` does not take, or the
+    first required one ``args`` lacks."""
+    from utils.errors import KeywordError
     accepted = _accepted(obj)
     if accepted is None:
         return
     unknown = sorted(k for k in args if k not in accepted)
     if unknown:
-        raise ConfigError(f"{owner}: unknown or unsupported key {unknown[0]!r} (accepted: "
+        raise KeywordError(f"{owner}: unknown or unsupported key {unknown[0]!r} (accepted: "
                           f"{', '.join(accepted)})")
     target = obj.__init__ if inspect.isclass(obj) else obj
     for name, p in inspect.signature(target).parameters.items():
         if name != "self" and p.default is p.empty and name not in args and \
                 p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-            raise ConfigError(f"{owner}: required key {name!r} is missing")
+            raise KeywordError(f"{owner}: required key {name!r} is missing")
 
 
 def _keyword_problem(exc):
@@ -519,7 +521,7 @@ def _build_segmentor(backbone, decode_head, auxiliary_head=None, neck=None, num_
         _need_none(train_cfg, "train_cfg")
         _sliding_window(dict(test_cfg or {}), cfg)
     cfg.pretrained_model = pretrained
-    model = _segmentor_class()(cfg, load_pretrained=False, sync_bn=False)
+    model = _segmentor_class()(cfg, sync_bn=False)
     model.backbone = backbone_module
     stages = list(backbone_module.out_channels)
     model.decode_loss, first = _loss_of(heads[0])  # (PointHead weights its point loss itself)
@@ -540,7 +542,10 @@ def _build_segmentor(backbone, decode_head, auxiliary_head=None, neck=None, num_
         model.aux_loss, aux = _loss_of(aux)
         model.aux_head = MODELS.build(_with_layout(aux, "aux", stages))
     cfg.aux_rate = model.aux_rate = model.aux_loss.loss_weight if aux else 0.0
-    model.init_weights(pretrained)
+    model.init_weights()
+    if pretrained:
+        from utils.checkpoint import load_pretrained
+        load_pretrained(model, pretrained)
     model.cfg = cfg
     return model
 

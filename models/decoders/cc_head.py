@@ -10,8 +10,7 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from utils.errors import ConfigError
-
+from ..errors import ConfigError
 from ..layers import Conv2d
 from .fcn_head import FCNHead
 

@@ -3,7 +3,7 @@
 
 The constructor takes mmseg's parameter names with mmseg's meaning; a value this
 project cannot honour (another norm or activation type, a sampler, a sigmoid
-loss, ...) is a :class:`~utils.errors.ConfigError` naming the option, never
+loss, ...) is a :class:`~models.errors.ConfigError` naming the option, never
 dropped. ``norm_cfg`` / ``act_cfg`` / ``conv_cfg`` are read once here.
 """
 import math
@@ -12,8 +12,7 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from utils.errors import ConfigError
-
+from ..errors import ConfigError
 from ..layers import Conv2d, ConvModule
 from ..ops import resize
 from .ham_head import configure_norms

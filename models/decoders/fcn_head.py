@@ -10,8 +10,7 @@
 import jittor as jt
 from jittor import nn
 
-from utils.errors import ConfigError
-
+from ..errors import ConfigError
 from ..layers import BatchNorm2d, Conv2d
 from .decode_head import DecodeHead
 from .ham_head import init_decoder_weights

@@ -8,9 +8,9 @@ import numpy as np
 import jittor as jt
 from jittor import nn, init
 
+from ..errors import ConfigError
 from ..layers import BatchNorm2d, Conv2d, ConvModule
 from ..ops import resize, softmax
-from utils.errors import ConfigError
 
 __all__ = ["BaseDecodeHead", "NMF2D", "Hamburger", "LightHamHead",
            "init_decoder_weights", "configure_norms"]

@@ -9,11 +9,13 @@ features with shared 1x1 layers.
   ``importance_sample_ratio`` most uncertain of them kept, the rest uniform),
   classifies them and compares with the label sampled (nearest) at the same points.
 * **Inference**: ``subdivision_steps`` rounds of: upsample the logits by
-  ``scale_factor`` (bilinear), pick the ``subdivision_num_points`` most uncertain
+  ``scale_factor`` (bilinear, ``F.interpolate(scale_factor=...)``: size ``int(h * s)``,
+  coordinates by ``1 / s``), pick the ``subdivision_num_points`` most uncertain
   cells, re-predict them with the point head, write them back.
 
 Uncertainty is ``second-best minus best`` logit (higher = more uncertain).
-Points are (x, y) in [0, 1] over the image, sampled with ``align_corners=False``.
+Points are (x, y) in [0, 1] over the image, sampled as mmcv's ``point_sample`` with the
+point head's ``align_corners`` (features bilinear, labels nearest).
 """
 import math
 
@@ -21,11 +23,9 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from utils.checkpoint import remap_keys
-from utils.errors import ConfigError
-
-from ..ops import resize
+from ..errors import ConfigError, KeywordError
 from ..losses import cross_entropy
+from ..ops import resize
 from .decode_head import (DecodeHead, build_conv_module, check_act_cfg, check_conv_cfg,
                           mmseg_init, norm_settings, normal_init)
 
@@ -42,6 +42,29 @@ def _gather_points(x, index):
     return x.reindex([b, c, index.shape[1]], ["i0", "i1", "@e0(i0,i2)"], extras=[index])
 
 
+def _pixel_coords(points, h, w, align_corners):
+    """(x, y) pixel coordinates of ``points`` (B, P, 2) in [0, 1], as mmcv's ``point_sample``
+    hands them to ``grid_sample`` (``2 * p - 1``) and PyTorch's CPU kernel maps them back,
+    in float32: ``(g + 1) * (size - 1) / 2`` or, without ``align_corners``,
+    ``(g + 1) * size / 2 - 0.5``."""
+    grid = points.float32() * 2.0 - 1.0
+    coords = []
+    for i, size in ((0, w), (1, h)):
+        if align_corners:
+            coords.append((grid[:, :, i] + 1.0) * ((size - 1) / 2))
+        else:
+            coords.append((grid[:, :, i] + 1.0) * (size / 2) - 0.5)
+    return coords
+
+
+def _round_half_even(x):
+    """``nearbyint``: PyTorch's ``grid_sample(mode="nearest")`` rounds ties to even."""
+    r = jt.floor(x)
+    frac = x - r
+    up = (frac > 0.5) | ((frac == 0.5) & (r - 2.0 * jt.floor(r * 0.5) == 1.0))
+    return r + up.float32()
+
+
 def point_sample(x, points, align_corners=False):
     """Bilinear samples of ``x`` (B, C, H, W) at ``points`` (B, P, 2) -> (B, C, P).
 
@@ -50,11 +73,7 @@ def point_sample(x, points, align_corners=False):
     """
     b, c, h, w = x.shape
     points = points.stop_grad()
-    px, py = points[:, :, 0], points[:, :, 1]
-    if align_corners:
-        fx, fy = px * (w - 1), py * (h - 1)
-    else:
-        fx, fy = px * w - 0.5, py * h - 0.5
+    fx, fy = _pixel_coords(points, h, w, align_corners)
     x0, y0 = jt.floor(fx), jt.floor(fy)
     wx1, wy1 = fx - x0, fy - y0
     flat = x.reshape((b, c, h * w))
@@ -69,14 +88,20 @@ def point_sample(x, points, align_corners=False):
     return out
 
 
-def nearest_sample(label, points):
-    """Nearest samples of an integer map (B, H, W) at ``points`` (B, P, 2) -> (B, P)."""
+def nearest_sample(label, points, align_corners=False):
+    """Nearest samples of an integer map (B, H, W) at ``points`` (B, P, 2) -> (B, P).
+
+    mmseg's point labels: ``point_sample(label, points, mode="nearest", align_corners)``,
+    i.e. ``grid_sample`` with the pixel coordinate rounded half to even and 0 outside
+    the map (zero padding).
+    """
     b, h, w = label.shape
-    ix = jt.floor(points[:, :, 0] * w).clamp(0, w - 1)
-    iy = jt.floor(points[:, :, 1] * h).clamp(0, h - 1)
-    index = (iy * w + ix).int32()
+    fx, fy = _pixel_coords(points.stop_grad(), h, w, align_corners)
+    ix, iy = _round_half_even(fx), _round_half_even(fy)
+    inside = (ix >= 0) & (ix <= w - 1) & (iy >= 0) & (iy <= h - 1)
+    index = (iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)).int32()
     flat = label.reshape((b, 1, h * w))
-    return _gather_points(flat, index)[:, 0]
+    return _gather_points(flat, index)[:, 0] * inside.cast(label.dtype)
 
 
 def calculate_uncertainty(logits):
@@ -221,7 +246,8 @@ class FPNHead(DecodeHead):
 
     def __init__(self, feature_strides, **kwargs):
         if "input_transform" in kwargs:
-            raise TypeError("FPNHead() got an unexpected keyword argument 'input_transform'")
+            raise KeywordError("FPNHead() got an unexpected keyword argument 'input_transform' "
+                               "(always 'multiple_select')")
         super().__init__(input_transform="multiple_select", **kwargs)
         strides = list(feature_strides)
         if len(strides) != len(self.in_channels) or min(strides) != strides[0]:
@@ -290,7 +316,8 @@ class PointHead(DecodeHead):
     def __init__(self, num_fcs=3, coarse_pred_each_layer=True, conv_cfg=dict(type="Conv1d"),
                  norm_cfg=None, act_cfg=dict(type="ReLU", inplace=False), **kwargs):
         if "input_transform" in kwargs:
-            raise TypeError("PointHead() got an unexpected keyword argument 'input_transform'")
+            raise KeywordError("PointHead() got an unexpected keyword argument 'input_transform' "
+                               "(always 'multiple_select')")
         if norm_cfg is not None:
             raise ConfigError(f"PointHead: norm_cfg {norm_cfg!r} is not supported (mmseg's point "
                               "head has no norm); remove it")
@@ -404,10 +431,11 @@ class PointRendHead(nn.Module):
                           num_classes=num_classes, ignore_index=ignore_index)
         return cls(neck, coarse, point, train_cfg=train_cfg, test_cfg=test_cfg)
 
-    def checkpoint_filter(self, state_dict, prefix=""):
-        """mmseg's cascade keys (``neck.``, ``decode_head.0.``, ``decode_head.1.``) renamed
-        to this head's; ``prefix`` is this head's key prefix in ``state_dict``."""
-        return remap_keys(state_dict, [(old, prefix + new) for old, new in MMSEG_KEY_MAP]), []
+    def checkpoint_key_map(self, prefix=""):
+        """(checkpoint prefix, model prefix) pairs: mmseg's cascade keys (``neck.``,
+        ``decode_head.0.``, ``decode_head.1.``) to this head's, ``prefix`` being this head's
+        key prefix in the model (the checkpoint loader applies them)."""
+        return [(old, prefix + new) for old, new in MMSEG_KEY_MAP]
 
     def init_weights(self):
         for part in (self.neck, self.coarse_head, self.point_head):
@@ -432,8 +460,7 @@ class PointRendHead(nn.Module):
         """Subdivision inference (module doc)."""
         refined = coarse
         for _ in range(self.subdivision_steps):
-            h, w = refined.shape[2:]
-            refined = resize(refined, (int(h * self.scale_factor), int(w * self.scale_factor)),
+            refined = resize(refined, scale_factor=self.scale_factor,
                              align_corners=self.align_corners)
             b, c, h, w = refined.shape
             index, points = get_points_test(refined, self.subdivision_num_points)
@@ -446,7 +473,7 @@ class PointRendHead(nn.Module):
         """Cross-entropy of point ``logits`` (B, K, P) against ``label`` (B, H, W) sampled
         (nearest) at ``points``, averaged over all points (ignored ones count as 0, mmseg's
         ``avg_non_ignore=False``), times the point head's ``loss_weight``."""
-        target = nearest_sample(label, points).stop_grad()             # (B, P)
+        target = nearest_sample(label, points, self.align_corners).stop_grad()  # (B, P)
         total = cross_entropy(logits.unsqueeze(3), target.unsqueeze(2),
                               ignore_index=self.point_head.ignore_index, reduction="sum")
         return total * (self.point_head.loss_weight / (target.shape[0] * target.shape[1]))

@@ -21,8 +21,7 @@ import numpy as np
 import jittor as jt
 from jittor import nn
 
-from utils.errors import ConfigError
-
+from ..errors import ConfigError
 from ..ops import resize
 from ..layers import Conv2d
 from .decode_head import DecodeHead

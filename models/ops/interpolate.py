@@ -12,18 +12,23 @@ from ._common import HEADER, fused_for, scalar
 
 
 @functools.lru_cache(maxsize=256)
-def interp_matrix(out_size, in_size, align_corners=False, dtype=np.float32):
+def interp_matrix(out_size, in_size, align_corners=False, dtype=np.float32, scale=None):
     """(out_size, in_size) matrix (``dtype``) of 1-D linear interpolation weights.
 
     ``align_corners=False`` follows PyTorch's half-pixel rule:
-    src = max(0, (dst + 0.5) * in / out - 0.5), no antialiasing.
+    src = max(0, (dst + 0.5) * in / out - 0.5), no antialiasing; with ``scale`` (the
+    ``scale_factor`` given to ``F.interpolate``) the ratio is ``1 / scale`` instead of
+    ``in / out``, except for an unchanged size (PyTorch copies it).
+    ``align_corners=True`` uses the sizes only, as PyTorch, whatever ``scale``.
     """
     m = np.zeros((out_size, in_size), dtype=np.float64)
     for dst in range(out_size):
         if align_corners:
             src = dst * (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-        else:
+        elif scale is None or out_size == in_size:
             src = max(0.0, (dst + 0.5) * in_size / out_size - 0.5)
+        else:
+            src = max(0.0, (dst + 0.5) * (1.0 / scale) - 0.5)
         i0 = min(int(np.floor(src)), in_size - 1)
         i1 = min(i0 + 1, in_size - 1)
         w1 = src - i0
@@ -33,14 +38,14 @@ def interp_matrix(out_size, in_size, align_corners=False, dtype=np.float32):
 
 
 @functools.lru_cache(maxsize=256)
-def interp_taps(out_size, in_size, align_corners=False):
+def interp_taps(out_size, in_size, align_corners=False, scale=None):
     """The rows of :func:`interp_matrix` as (index, weight) pairs.
 
     Returns int32 (out_size, 2) indices and float32 (out_size, 2) weights (the
     matrix entries, so both forms give the same result); a row with a single
     non-zero gets a second tap of weight 0 at the same index.
     """
-    mat = interp_matrix(out_size, in_size, align_corners)
+    mat = interp_matrix(out_size, in_size, align_corners, scale=scale)
     idx = np.zeros((out_size, 2), np.int32)
     wts = np.zeros((out_size, 2), np.float32)
     for r in range(out_size):
@@ -98,16 +103,17 @@ class _FusedResize(jt.Function):
     """The resize is linear, y = Mh x Mw^T per plane, so the input gradient is
     the transposed operator Mh^T g Mw, applied as products."""
 
-    def __init__(self, size, align_corners):
-        self.size, self.align_corners = size, align_corners
+    def __init__(self, size, align_corners, scales=(None, None)):
+        self.size, self.align_corners, self.scales = size, align_corners, scales
 
     def execute(self, x):
         n, c, h, w = x.shape
         ho, wo = self.size
-        self.mat_h = interp_matrix(ho, h, self.align_corners)
-        self.mat_w = interp_matrix(wo, w, self.align_corners)
-        taps = [jt.array(a) for a in interp_taps(ho, h, self.align_corners)
-                + interp_taps(wo, w, self.align_corners)]
+        sh, sw = self.scales
+        self.mat_h = interp_matrix(ho, h, self.align_corners, scale=sh)
+        self.mat_w = interp_matrix(wo, w, self.align_corners, scale=sw)
+        taps = [jt.array(a) for a in interp_taps(ho, h, self.align_corners, sh)
+                + interp_taps(wo, w, self.align_corners, sw)]
         y = jt.code((n * c, ho, wo), x.dtype, [x.reshape((n * c, h, w))] + taps,
                     cpu_header=HEADER, cpu_src=_RESIZE_SRC)
         return y.reshape((n, c, ho, wo))
@@ -116,22 +122,37 @@ class _FusedResize(jt.Function):
         return separable(g, np.ascontiguousarray(self.mat_h.T), np.ascontiguousarray(self.mat_w.T))
 
 
-def resize_plain(x, size, align_corners=False):
+def resize_plain(x, size, align_corners=False, scales=(None, None)):
     h, w = x.shape[-2:]
     dtype = np.dtype(str(x.dtype))
-    return separable(x, interp_matrix(size[0], h, align_corners, dtype),
-                     interp_matrix(size[1], w, align_corners, dtype))
+    return separable(x, interp_matrix(size[0], h, align_corners, dtype, scales[0]),
+                     interp_matrix(size[1], w, align_corners, dtype, scales[1]))
 
 
 def can_use(x):
     return fused_for(x) and x.ndim == 4
 
 
-def resize(x, size, align_corners=False):
-    """Bilinear resize of an N C H W tensor to ``size`` (H, W); a no-op at the same size."""
+def resize(x, size=None, align_corners=False, scale_factor=None):
+    """Bilinear resize of an N C H W tensor to ``size`` (H, W); a no-op at the same size.
+
+    ``scale_factor`` (a number or an (H, W) pair) instead of ``size`` is
+    ``F.interpolate(x, scale_factor=s, mode="bilinear")``: the output is
+    ``int(H * s)`` x ``int(W * s)`` and source coordinates follow ``1 / s``, which
+    differs from resizing to that size when ``H * s`` is not whole.
+    """
+    scales = (None, None)
+    if (size is None) == (scale_factor is None):
+        raise ValueError("resize: give exactly one of size and scale_factor")
+    if scale_factor is not None:
+        pair = scale_factor if isinstance(scale_factor, (tuple, list)) else (scale_factor,) * 2
+        scales = tuple(float(s) for s in pair)
+        if min(scales) <= 0:
+            raise ValueError(f"resize: scale_factor must be positive, got {scale_factor!r}")
+        size = [int(n * s) for n, s in zip(x.shape[-2:], scales)]
     size = (int(size[0]), int(size[1]))
     if tuple(x.shape[-2:]) == size:
         return x
     if can_use(x):
-        return _FusedResize(size, align_corners)(x)
-    return resize_plain(x, size, align_corners)
+        return _FusedResize(size, align_corners, scales)(x)
+    return resize_plain(x, size, align_corners, scales)
