@@ -9,6 +9,7 @@ from .nl_head import NLHead
 from .psa_head import PSAHead, default_mask_size
 from .cc_head import CCHead
 from .point_head import FPN, FPNHead, PointHead, PointRendHead
+from ..errors import ConfigError
 
 __all__ = ["BaseDecodeHead", "DecodeHead", "Hamburger", "LightHamHead", "NMF2D", "MLPDecoder",
            "FCNHead", "DFormerFCNHead", "UPerHead", "DeepLabV3Plus", "NLHead", "PSAHead", "CCHead",
@@ -31,7 +32,7 @@ REFERENCE_AUX_CLASSES = 40
 def _aux_fcn(channels, cfg, norm):
     """Auxiliary FCN head on backbone stage ``AUX_INDEX``, shaped as the reference's."""
     if cfg.num_classes > REFERENCE_AUX_CLASSES:
-        raise ValueError(
+        raise ConfigError(
             f"num_classes {cfg.num_classes}: the reference's auxiliary FCN head has "
             f"{REFERENCE_AUX_CLASSES} output classes; set aux_rate = 0 or use at most "
             f"{REFERENCE_AUX_CLASSES} classes")
