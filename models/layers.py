@@ -16,8 +16,8 @@ from jittor import nn
 from .ops import (batch_norm_train, batch_norm_train_synced, gelu, interpolate, layer_norm,
                   pointwise_conv, scalar)
 
-__all__ = ["BatchNorm2d", "Conv2d", "LayerNorm", "DropPath", "GELU", "ConvModule", "adaptive_avg_pool2d",
-           "pool_matrix", "drop_path_rates"]
+__all__ = ["BatchNorm2d", "Conv2d", "LayerNorm", "DropPath", "Dropout", "Dropout2d", "GELU", "ConvModule",
+           "adaptive_avg_pool2d", "pool_matrix", "drop_path_rates"]
 
 
 class BatchNorm2d(nn.Module):
@@ -90,8 +90,17 @@ class GELU(nn.Module):
         return gelu(x, bias)
 
 
+def _keep_mask(x, shape, keep):
+    """Bernoulli(``keep``) draws of ``shape`` as 0/1 in ``x``'s dtype, divided by ``keep``
+    in that dtype (a Python float would be a float32 constant, off by up to 3e-8 in float64)."""
+    mask = (jt.rand(shape) < keep).cast(x.dtype)
+    return mask / scalar(keep, x)
+
+
 class DropPath(nn.Module):
-    """Stochastic depth per sample (identity at eval or when ``p == 0``)."""
+    """Stochastic depth per sample, as timm's ``drop_path``: each sample's branch is zeroed
+    with probability ``p``, else scaled by ``1 / (1 - p)``; the identity at eval or when
+    ``p == 0`` (nothing is drawn)."""
 
     def __init__(self, p=0.0):
         self.p = float(p)
@@ -99,13 +108,39 @@ class DropPath(nn.Module):
     def execute(self, x):
         if self.p == 0.0 or not self.is_training():
             return x
-        keep = 1.0 - self.p
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        mask = (jt.rand(shape) < keep).float32()
-        return x * mask / keep
+        return x * _keep_mask(x, shape, 1.0 - self.p)
 
     def extra_repr(self):
         return f"p={self.p}"
+
+
+class Dropout(nn.Dropout):
+    """``torch.nn.Dropout``: every element zeroed with probability ``p``, the others scaled
+    by ``1 / (1 - p)`` in the input's dtype (Jittor's own divides float64 input by a float32
+    constant); the identity at eval or when ``p == 0``."""
+
+    def execute(self, x):
+        if self.p == 0.0 or not self.is_training():
+            return x
+        if self.p == 1.0:
+            return x * 0
+        return x * _keep_mask(x, x.shape, 1.0 - self.p)
+
+
+class Dropout2d(nn.Dropout2d):
+    """``torch.nn.Dropout2d``: whole channels (one draw per sample and channel of N C H W;
+    per channel of an unbatched C H W) zeroed with probability ``p``, the others scaled by
+    ``1 / (1 - p)`` in the input's dtype; the identity at eval or when ``p == 0``."""
+
+    def execute(self, x):
+        if x.ndim not in (3, 4):
+            raise ValueError(f"Dropout2d expects (N, C, H, W) or (C, H, W) input, got shape {x.shape}")
+        if self.p == 0.0 or not self.is_training():
+            return x
+        if self.p == 1.0:
+            return x * 0
+        return x * _keep_mask(x, tuple(x.shape[:-2]) + (1, 1), 1.0 - self.p)
 
 
 def drop_path_rates(rate, n):

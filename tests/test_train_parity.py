@@ -16,8 +16,14 @@ Bundled cases (tests/fixtures/train_parity, NYU DFormer-Tiny and DFormerv2-S at 
 3 steps) hold fingerprints only: 4 fixed random projections per tensor
 (``fingerprint``), compared as a vector. The full set, every ``*/*/train_case*`` under
 ``$DFORMER_TRAIN_PARITY_ROOT`` written with ``--save-float64``, is compared element-wise.
+
+Stochastic cases (tests/fixtures/train_parity_stochastic, the same models, weights and
+batches) run with the config's drop path (per-block rates checked against the official
+ones) and the decode head's Dropout2d on, the official masks played back into ours
+(tests/train_parity.py, ``MaskPlayback``), under the same bounds.
 """
 import glob
+import json
 import os
 import zlib
 
@@ -41,6 +47,14 @@ PLAIN_BUNDLED = "NYUDepthv2/DFormer_Tiny/train_case0"
 BUNDLED_RUNS = [pytest.param(case, *mode, id=f"{case}-{name}")
                 for case in BUNDLED for mode, name in zip(MODES, MODE_IDS)
                 if name != "float32-plain" or case == PLAIN_BUNDLED]
+STOCHASTIC_BUNDLE = os.path.join(HERE, "fixtures", "train_parity_stochastic")
+STOCHASTIC = sorted(os.path.relpath(p, STOCHASTIC_BUNDLE)
+                    for p in glob.glob(os.path.join(STOCHASTIC_BUNDLE, "*", "*", "train_case*")))
+# CI time (about 15 s per float64 run): float64 proves the masks' arithmetic, which is the
+# same code in float32; the float32 runs (measured in the README) are left to -m slow.
+STOCHASTIC_RUNS = [pytest.param(case, *mode, id=f"{case}-{name}",
+                                marks=[pytest.mark.slow] if name != "float64" else [])
+                   for case in STOCHASTIC for mode, name in zip(MODES, MODE_IDS)]
 
 # float64 against float64: relative bound per tensor (and per loss), measured worst case in
 # the README's "Faithfulness" section. FLOOR (relative to the norm of all tensors together)
@@ -183,6 +197,17 @@ def test_bundled_case(case_id, dtype, fused, tmp_path):
     assert not failures, "\n".join(failures)
 
 
+@pytest.mark.parametrize("case_id,dtype,fused", STOCHASTIC_RUNS)
+def test_stochastic_case(case_id, dtype, fused, tmp_path):
+    folder = os.path.join(STOCHASTIC_BUNDLE, case_id)
+    with open(os.path.join(folder, "case.json")) as f:
+        dropped = json.load(f)["masks_dropped"]
+    # the case drops something in the encoder and in the decoder, or it would prove little
+    assert dropped.pop("decode_head.dropout") > 0 and sum(dropped.values()) > 0
+    failures = bundled_verdict(_run(folder, dtype, fused, tmp_path), dtype)
+    assert not failures, "\n".join(failures)
+
+
 # ----------------------------------------------------------------------------- full set
 
 @pytest.mark.skipif(not FULL, reason="no full set: set DFORMER_TRAIN_PARITY_ROOT to the "
@@ -259,6 +284,60 @@ def test_float64_plain_gradients_exact():
     want = r * (0.5 * (1 + erf(x / math.sqrt(2))) + x * np.exp(-x * x / 2) / math.sqrt(2 * math.pi))
     assert np.abs(got - want).max() <= 1e-13 * np.abs(want).max()
     assert np.abs(out.numpy() - x * 0.5 * (1 + erf(x / math.sqrt(2)))).max() <= 1e-14 * np.abs(x).max()
+
+
+def test_drop_path_rates_match_official_encoders():
+    """Every official config: our config's ``drop_path_rate`` and the rate of every block of
+    our encoder equal the official ones exactly (fixture: gen_drop_path_rates.py)."""
+    from local_configs import load_config
+    from models.encoders import build_backbone
+    from models.layers import DropPath
+
+    with open(os.path.join(STOCHASTIC_BUNDLE, "drop_path_rates.json")) as f:
+        official = json.load(f)["configs"]
+    assert len(official) == 14
+    for config, ref in official.items():
+        cfg = load_config("local_configs." + config.replace("/", "."))
+        assert cfg.drop_path_rate == ref["drop_path_rate"], config
+        backbone = build_backbone(cfg.backbone, drop_path_rate=cfg.drop_path_rate)
+        ours = {n.rsplit(".", 1)[0]: m.p for n, m in backbone.named_modules()
+                if isinstance(m, DropPath)}
+        assert ours == ref["rates"], (config, {k: (ours.get(k), v) for k, v in ref["rates"].items()
+                                               if ours.get(k) != v})
+
+
+def test_dropout_and_drop_path_semantics():
+    """PyTorch's rules, beyond the masks the stochastic cases play back: timm's drop path
+    (one draw per sample), ``nn.Dropout2d`` (one per sample and channel) and ``nn.Dropout``
+    (one per element) keep with probability 1 - p and scale the kept values by 1 / (1 - p)
+    in the input's dtype (float64 exactly as ``x * (1 / keep)``); identity, drawing nothing,
+    at eval and for p = 0."""
+    import jittor as jt
+    from models.layers import Dropout, Dropout2d, DropPath
+
+    x = np.random.RandomState(0).rand(400, 50, 2, 3) + 1.0
+    xv = jt.array(x, dtype="float64")
+    for module, p, mask_axes in ((DropPath(0.3), 0.3, (1, 2, 3)), (Dropout2d(0.3), 0.3, (2, 3)),
+                                 (Dropout(0.3), 0.3, ())):
+        module.train()
+        out = module(xv).numpy()
+        assert out.dtype == np.float64
+        kept = out != 0
+        assert np.array_equal(out[kept], (x * (1.0 / (1.0 - p)))[kept])
+        if mask_axes:       # whole samples / channels
+            assert (kept.all(mask_axes) | (~kept).all(mask_axes)).all()
+        rate = kept.mean()
+        draws = x.size // int(np.prod([x.shape[a] for a in mask_axes]))
+        assert abs(rate - (1 - p)) < 5 * np.sqrt(p * (1 - p) / draws), (module, rate)
+        module.eval()
+        assert module(xv) is xv
+    for module in (DropPath(0.0), Dropout2d(0.0), Dropout(0.0)):
+        module.train()
+        jt.set_global_seed(0)
+        want = jt.rand((1,)).numpy()
+        jt.set_global_seed(0)
+        assert module(xv) is xv
+        assert np.array_equal(jt.rand((1,)).numpy(), want)     # nothing drawn
 
 
 def test_float64_model_loads_and_restores_in_float64(tmp_path):

@@ -13,7 +13,7 @@ import jittor as jt
 from jittor import nn
 
 from ..errors import ConfigError
-from ..layers import Conv2d, ConvModule
+from ..layers import Conv2d, ConvModule, Dropout2d
 from ..ops import resize
 from .ham_head import configure_norms
 
@@ -138,7 +138,7 @@ class DecodeHead(nn.Module):
         self.ignore_index = ignore_index
         self.align_corners = align_corners
         self.conv_seg = Conv2d(channels, num_classes, 1)
-        self.dropout = nn.Dropout2d(dropout_ratio, is_train=True) if dropout_ratio > 0 else None
+        self.dropout = Dropout2d(dropout_ratio, is_train=True) if dropout_ratio > 0 else None
 
     def _init_inputs(self, in_channels, in_index, input_transform, owner):
         if input_transform not in INPUT_TRANSFORMS:

@@ -2,7 +2,7 @@
 import jittor as jt
 from jittor import nn
 
-from ..layers import BatchNorm2d, Conv2d, adaptive_avg_pool2d
+from ..layers import BatchNorm2d, Conv2d, Dropout, adaptive_avg_pool2d
 from ..ops import resize
 from .ham_head import init_decoder_weights
 
@@ -65,7 +65,7 @@ class ASPP(nn.Module):
             Conv2d(5 * out_channels, out_channels, 1, bias=False),
             BatchNorm2d(out_channels, **norm_kwargs),
             nn.ReLU(),
-            nn.Dropout(0.5, is_train=True),
+            Dropout(0.5, is_train=True),
         )
 
     def execute(self, x):
@@ -103,7 +103,7 @@ class DeepLabV3Plus(nn.Module):
             Conv2d(256 + 48, 256, 3, padding=1),
             BatchNorm2d(256, **norm_kwargs),
             nn.ReLU(),
-            nn.Dropout(0.1, is_train=True),
+            Dropout(0.1, is_train=True),
             Conv2d(256, num_classes, 1),
         )
 

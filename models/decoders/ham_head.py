@@ -9,7 +9,7 @@ import jittor as jt
 from jittor import nn, init
 
 from ..errors import ConfigError
-from ..layers import BatchNorm2d, Conv2d, ConvModule
+from ..layers import BatchNorm2d, Conv2d, ConvModule, Dropout2d
 from ..ops import resize, softmax
 
 __all__ = ["BaseDecodeHead", "NMF2D", "Hamburger", "LightHamHead",
@@ -86,7 +86,7 @@ class BaseDecodeHead(nn.Module):
         self.sync_bn = sync_bn
         self.align_corners = align_corners
         self.conv_seg = Conv2d(channels, num_classes, 1)
-        self.dropout = nn.Dropout2d(dropout_ratio, is_train=True) if dropout_ratio > 0 else None
+        self.dropout = Dropout2d(dropout_ratio, is_train=True) if dropout_ratio > 0 else None
 
     def _conv_module(self, in_channels, out_channels, kernel_size=1, norm=True, act="relu"):
         """ConvModule carrying the head's BN settings."""

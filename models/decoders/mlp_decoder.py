@@ -2,7 +2,7 @@
 import jittor as jt
 from jittor import nn
 
-from ..layers import BatchNorm2d, Conv2d
+from ..layers import BatchNorm2d, Conv2d, Dropout2d
 from ..ops import resize
 from .ham_head import init_decoder_weights
 
@@ -42,7 +42,7 @@ class MLPDecoder(nn.Module):
         self.align_corners = align_corners
         self.bn_eps = bn_eps
         self.bn_momentum = bn_momentum
-        self.dropout = nn.Dropout2d(dropout_ratio, is_train=True) if dropout_ratio > 0 else None
+        self.dropout = Dropout2d(dropout_ratio, is_train=True) if dropout_ratio > 0 else None
         c1, c2, c3, c4 = self.in_channels
         self.linear_c4 = MLP(c4, embed_dim)
         self.linear_c3 = MLP(c3, embed_dim)

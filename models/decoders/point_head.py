@@ -24,6 +24,7 @@ import jittor as jt
 from jittor import nn
 
 from ..errors import ConfigError, KeywordError
+from ..layers import Dropout
 from ..losses import cross_entropy
 from ..ops import resize
 from .decode_head import (DecodeHead, build_conv_module, check_act_cfg, check_conv_cfg,
@@ -332,7 +333,7 @@ class PointHead(DecodeHead):
             self.fcs.append(PointFC(width, self.channels, self.act))
             width = self.channels + (self.num_classes if coarse_pred_each_layer else 0)
         self.fc_seg = PointConv1d(width, self.num_classes)
-        self.dropout = (nn.Dropout(self.dropout_ratio, is_train=True) if self.dropout_ratio > 0
+        self.dropout = (Dropout(self.dropout_ratio, is_train=True) if self.dropout_ratio > 0
                         else None)
         del self.conv_seg
 
