@@ -77,3 +77,21 @@ def test_cuda_without_gpu_fails_with_the_reason(tmp_path):
     assert proc.returncode == 1
     env = report["checks"]["environment"]
     assert not env["ok"] and "CUDA was requested" in env["error"]
+
+
+def test_a_failing_parity_run_is_reported_in_one_line(tmp_path):
+    """The parity step's reason line is pytest's first FAILED line: the test and its
+    assertion (a real pytest run of a failing test; no Jittor needed)."""
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    from gpu_check import _first_failure
+    (tmp_path / "test_bad.py").write_text(
+        "def test_grads():\n    assert 1.0 <= 0.5, 'grads_step0: global distance 2.6 > 0.15'\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(tmp_path / "test_bad.py")], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120, env=dict(os.environ, COLUMNS="400"))
+    assert proc.returncode == 1
+    reason = _first_failure(proc.stdout, proc.returncode)
+    assert reason.startswith("FAILED ") and "test_grads" in reason
+    assert "grads_step0: global distance 2.6 > 0.15" in reason and "\n" not in reason
+    assert _first_failure("collected 0 items\nsome error\n", 124) == \
+        "killed at the time limit (--timeout)"

@@ -158,6 +158,18 @@ def _last_json(text):
     return None
 
 
+def _first_failure(text, rc):
+    """One line saying why a pytest run failed: its first ``FAILED``/``ERROR`` summary line
+    (test id and the assertion's first line), else the last line of its output."""
+    for line in text.splitlines():
+        if line.startswith(("FAILED ", "ERROR ")):
+            return line[:400]
+    if rc == 124:
+        return "killed at the time limit (--timeout)"
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    return (lines[-1] if lines else f"exit status {rc}, no output")[:400]
+
+
 def check_environment(opts):
     rc, text, secs, _ = Run(_py("-c", _ENV_PROBE, opts.device), opts.log("environment")).wait()
     res = _last_json(text) if rc == 0 else None
@@ -179,7 +191,8 @@ def check_parity(opts):
     res = {"files": files, "ok": True, "runs": {}}
     for name, fused in runs:
         env = {"DFORMER_TEST_DEVICE": opts.device, "DFORMER_FUSED_KERNELS": fused,
-               "NVIDIA_TF32_OVERRIDE": "0"}   # no TF32 in cuBLAS/cuDNN either
+               "NVIDIA_TF32_OVERRIDE": "0",   # no TF32 in cuBLAS/cuDNN either
+               "COLUMNS": "400"}   # pytest's FAILED lines whole: the reason of _first_failure
         rc, text, secs, _ = Run(_py("-m", "pytest", "-q", "-p", "no:cacheprovider", *files,
                                     "-k", opts.parity_filter),
                                 opts.log("parity_" + name.split()[0]), env=env,
@@ -190,6 +203,7 @@ def check_parity(opts):
                "ok": rc == 0 and counts.get("passed", 0) > 0}
         if not run["ok"]:
             run["error"] = _tail(text)
+            run["reason"] = _first_failure(text, rc)
         res["runs"][name] = run
         res["ok"] = res["ok"] and run["ok"]
     return res
@@ -418,6 +432,8 @@ def summary(report):
         runs = "; ".join(f"{name}: {r['counts']}" for name, r in c["parity"]["runs"].items())
         lines.append(f"  parity       {'ok' if c['parity']['ok'] else 'FAIL'}: {runs} "
                      f"({', '.join(c['parity']['files'])})")
+        lines += [f"    {name} failed: {r['reason']}" for name, r in c["parity"]["runs"].items()
+                  if "reason" in r]
     for name in ("train", "train_amp"):
         if name in c:
             t = c[name]
