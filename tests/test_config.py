@@ -1,18 +1,22 @@
-"""The one config reader (utils/config.py): --cfg-options rules, the mmengine-style loader
-and its translation table, and the 14 configs/dformer files against local_configs.
+"""The one config reader (utils/config.py): --cfg-options rules, mmengine's Config under
+our translation table (mmengine's features through tools/train.py, Config.dump), and the
+configs/dformer files against local_configs.
 
-Fast: no model is built, Jittor is not needed.
+Fast: no model is built; Jittor is only imported by the tests through tools/train.py (whose
+parser is utils/train.py's).
 """
 import os
 import os.path as osp
 import re
+import shutil
 
 import pytest
+from mmengine.config import Config
 
 from local_configs import list_configs
 from local_configs import load_config as load_class_config
 from utils.config import (CLASS_ALIASES, RUN_DEFAULTS, ConfigError, apply_cfg_options,
-                          load_config, merge_dicts, override_config, parse_cfg_options,
+                          dump_config, load_config, override_config, parse_cfg_options,
                           parse_option_value, read_config_file)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -57,14 +61,15 @@ def same(a, b):
     ("None", None), ("abc", "abc"), ("none", "none"), ("/data/NYU", "/data/NYU"),
     ("1,2,3", [1, 2, 3]), ("a,b", ["a", "b"]), ("[1,2]", [1, 2]), ("[]", []),
     ("(1,2)", (1, 2)), ('"[1, 2]"', [1, 2]), ("'(64, 64)'", (64, 64)),
-    ("[(1,2,3),[a,b],c]", [(1, 2, 3), ["a", "b"], "c"]), ("(1,)", (1,)),
+    ("[(1,2,3),[a,b],c]", [(1, 2, 3), ["a", "b"], "c"]), ("(1,)", (1,)), ("1,", [1]),
+    ("a, b", ["a", "b"]),
 ])
 def test_option_values_follow_mmengine(text, value):
     assert same(parse_option_value(text), value)
 
 
 def test_option_list_parsing_and_errors():
-    assert parse_cfg_options(["a.b=1", "c=x=y"]) == {"a.b": 1, "c": "x=y"}
+    assert parse_cfg_options(["a.b=1", "c=x=y", "d=1,"]) == {"a.b": 1, "c": "x=y", "d": [1]}
     assert parse_cfg_options({"a": [1]}) == {"a": [1]}
     assert parse_cfg_options(None) == {}
     for bad in (["novalue"], ["=1"], ["a..b=1"]):
@@ -75,46 +80,49 @@ def test_option_list_parsing_and_errors():
 
 
 def test_options_merge_into_nested_dicts_and_lists():
-    tree = {"a": {"b": 1, "c": [dict(x=1), dict(x=2)]}, "t": (1, 2)}
-    apply_cfg_options(tree, ["a.b=2", "a.c.1.x=5", "a.new.deep=3", "t=(3,4)"])
-    assert tree == {"a": {"b": 2, "c": [dict(x=1), dict(x=5)], "new": {"deep": 3}}, "t": (3, 4)}
-    with pytest.raises(ConfigError, match="out of range"):
-        apply_cfg_options(tree, ["a.c.2.x=1"])
-    with pytest.raises(ConfigError, match="index it with a number"):
-        apply_cfg_options(tree, ["a.c.x=1"])
-    with pytest.raises(ConfigError, match="not a dict"):
-        apply_cfg_options(tree, ["a.b.z=1"])
+    tree = {"a": {"b": 1, "c": [dict(x=1), dict(x=2)], "n": None}, "t": (1, 2)}
+    cfg = apply_cfg_options(tree, ["a.b=2", "a.c.1.x=5", "a.new.deep=3", "t=(3,4)", "a.n.k=1"])
+    assert isinstance(cfg, Config)  # mmengine's, merged by its merge_from_dict
+    assert cfg.to_dict() == {"a": {"b": 2, "c": [dict(x=1), dict(x=5)], "n": {"k": 1},
+                                   "new": {"deep": 3}}, "t": (3, 4)}
+    for option, message in [("a.c.2.x=1", "out of range"), ("a.c.x=1", "index it with a number"),
+                            ("a.b.z=1", "not a dict"), ("t.0=1", "tuple"),
+                            ("a.c.0=1", "set the whole list a.c")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            apply_cfg_options(cfg, [option])
 
 
 def test_wildcard_sets_every_loader():
     tree = {"train_dataloader": {"dataset": {"data_root": "a"}},
             "val_dataloader": {"dataset": {"data_root": "a"}}, "other": 1}
-    apply_cfg_options(tree, ["*.dataset.data_root=/x"])
-    assert tree["train_dataloader"]["dataset"]["data_root"] == "/x"
-    assert tree["val_dataloader"]["dataset"]["data_root"] == "/x"
+    cfg = apply_cfg_options(tree, ["*.dataset.data_root=/x"])
+    assert cfg.train_dataloader.dataset.data_root == "/x"
+    assert cfg.val_dataloader.dataset.data_root == "/x"
     with pytest.raises(ConfigError, match="matches no key"):
         apply_cfg_options(tree, ["*.nothing.here=1"])
 
 
 # ============================================================================ the file loader
 
-def test_merge_key_by_key_delete_and_lists():
-    base = {"m": {"a": 1, "b": {"c": 2, "d": 3}}, "l": [1, 2]}
-    child = {"m": {"b": {"c": 9}}, "l": [3]}
-    assert merge_dicts(base, child) == {"m": {"a": 1, "b": {"c": 9, "d": 3}}, "l": [3]}
-    child = {"m": {"b": {"_delete_": True, "e": 1}}}
-    assert merge_dicts(base, child) == {"m": {"a": 1, "b": {"e": 1}}, "l": [1, 2]}
-    assert base["m"]["b"] == {"c": 2, "d": 3}  # inputs untouched
+def test_merge_key_by_key_delete_and_lists(tmp_path):
+    (tmp_path / "base.py").write_text("m = dict(a=1, b=dict(c=2, d=3))\nl = [1, 2]\n")
+    (tmp_path / "c1.py").write_text("_base_ = 'base.py'\nm = dict(b=dict(c=9))\nl = [3]\n")
+    assert read_config_file(str(tmp_path / "c1.py")) == {"m": {"a": 1, "b": {"c": 9, "d": 3}},
+                                                         "l": [3]}
+    (tmp_path / "c2.py").write_text("_base_ = 'base.py'\nm = dict(b=dict(_delete_=True, e=1))\n")
+    assert read_config_file(str(tmp_path / "c2.py")) == {"m": {"a": 1, "b": {"e": 1}},
+                                                         "l": [1, 2]}
 
 
 def test_base_lists_and_duplicate_keys(tmp_path):
-    (tmp_path / "b1.py").write_text("x = dict(a=1, b=2)\n_private = 5\nimport os\n")
+    (tmp_path / "b1.py").write_text("x = dict(a=1, b=2)\n_private = 5\n")
     (tmp_path / "b2.py").write_text("y = [1, 2]\n")
-    (tmp_path / "c.py").write_text("_base_ = ['b1.py', 'b2.py']\nx = dict(b=3)\nz = (1, 2)\n")
+    (tmp_path / "c.py").write_text("_base_ = ['b1.py', 'b2.py']\nimport os\nx = dict(b=3)\n"
+                                   "z = (1, 2)\n")
     assert read_config_file(str(tmp_path / "c.py")) == {"x": {"a": 1, "b": 3}, "y": [1, 2],
                                                         "z": (1, 2)}
     (tmp_path / "dup.py").write_text("_base_ = ['b1.py', 'b1.py']\n")
-    with pytest.raises(ConfigError, match="two _base_ files"):
+    with pytest.raises(ConfigError, match="Duplicate key"):
         read_config_file(str(tmp_path / "dup.py"))
     (tmp_path / "loop.py").write_text("_base_ = 'loop.py'\n")
     with pytest.raises(ConfigError, match="circular"):
@@ -313,3 +321,105 @@ def test_override_config_and_every_class_config_loads():
     assert cfg.lr == 0.5
     for name in list_configs():
         assert load_config(name).keys() >= set(RUN_DEFAULTS)
+
+
+# ============================================================================ mmengine's features
+
+NYU_T = "configs/dformer/dformer_tiny_8xb8-500e_nyudepthv2-480x640.py"
+
+
+def train_tool_config(argv):
+    """The internal config tools/train.py runs with for ``argv`` (its parser and loader)."""
+    import importlib
+    tool = importlib.import_module("tools.train")
+    return tool.load(tool.parse_args(argv))
+
+
+def changed(cfg, reference):
+    assert cfg.keys() == reference.keys()
+    return {k: cfg[k] for k in cfg if not same(cfg[k], reference[k])}
+
+
+def test_mmengine_substitutions_and_base_references(tmp_path, monkeypatch):
+    """``{{_base_.x}}``, ``_base_.x``, ``{{fileDirname}}`` and ``{{$ENV:default}}`` in a file,
+    through tools/train.py --cfg-options (``x=1,`` a list) and mmengine's Config.fromfile."""
+    path = tmp_path / "features.py"
+    path.write_text(f"""_base_ = {osp.join(REPO, NYU_T)!r}
+_root = '{{{{fileDirname}}}}/data/NYU'
+model = dict(test_cfg=dict(crop_size=_base_.model.test_cfg.crop_size[::-1]))
+train_dataloader = dict(dataset=dict(data_root=_root))
+val_dataloader = dict(batch_size={{{{_base_.train_dataloader.batch_size}}}},
+                      dataset=dict(data_root=_root))
+test_dataloader = dict(dataset=dict(data_root=_root))
+randomness = dict(seed={{{{'$DFORMER_TEST_SEED:7'}}}})
+""")
+    reference = load_config(NYU_T, ["*.dataset.data_root=/d/NYU"])
+    for env, seed in ((None, 7), ("11", 11)):
+        if env:
+            monkeypatch.setenv("DFORMER_TEST_SEED", env)
+        mm = Config.fromfile(str(path))
+        assert (mm.val_dataloader.batch_size, mm.model.test_cfg.crop_size) == (8, (640, 480))
+        assert mm.test_dataloader.dataset.data_root == f"{tmp_path}/data/NYU"
+        assert mm.randomness.seed == seed
+        cfg = train_tool_config([str(path), "--cfg-options", "tta.scales=1.0,"])
+        root = str(tmp_path / "data" / "NYU")
+        assert changed(cfg, reference) == {
+            "val_batch_size": 8, "eval_crop_size": [640, 480], "seed": seed,
+            "eval_scale_array": [1.0], "dataset_path": root, "root_dir": osp.dirname(root),
+            "rgb_root_folder": root + "/RGB", "x_root_folder": root + "/Depth",
+            "gt_root_folder": root + "/Label", "train_source": root + "/train.txt",
+            "eval_source": root + "/test.txt"}
+
+
+def test_read_base_config_equals_its_base_style_twin(tmp_path):
+    """A pure-Python ``read_base()`` config (mmengine's lazy import) of NYU DFormer-Tiny."""
+    shutil.copytree(osp.join(REPO, "configs", "_base_"), tmp_path / "_base_")
+    (tmp_path / "dformer").mkdir()
+    path = tmp_path / "dformer" / "tiny.py"
+    path.write_text("""from mmengine.config import read_base
+
+with read_base():
+    from .._base_.models.dformer import *
+    from .._base_.datasets.nyudepthv2 import *
+    from .._base_.schedules.schedule_500e import *
+    from .._base_.default_runtime import *
+
+model.update(pretrained='checkpoints/pretrained/DFormer_Tiny.pth.tar',
+             backbone=dict(type='DFormer-Tiny', drop_path_rate=0.1))
+""")
+    assert Config.fromfile(str(path)).model.backbone.type == "DFormer-Tiny"
+    options = ["train_dataloader.batch_size=2", "model.pretrained=None"]
+    reference = load_config(NYU_T, options)
+    assert not changed(train_tool_config([str(path), "--cfg-options", *options]), reference)
+    assert not changed(load_config(dump_config(str(path), options, str(tmp_path / "w"))),
+                       reference)
+
+
+def test_dump_pretty_text_yaml_and_json_reload_to_the_same_run(tmp_path):
+    """Config.dump (.py: pretty_text), YAML and JSON configs: each reloads to the internal
+    config of the run it was dumped from; train_cfg.max_iters says where the run stops."""
+    options = ["train_dataloader.batch_size=2", "tta.flip=False"]
+    reference = load_config(NYU_T, options)
+    path = dump_config(NYU_T, options, str(tmp_path / "work"))
+    assert path == str(tmp_path / "work" / osp.basename(NYU_T))
+    dumped = Config.fromfile(path)
+    assert dumped.train_cfg.max_iters == 500 * (795 // 2 + 1) and dumped.tta.flip is False
+    assert not changed(load_config(path), reference)
+    for suffix in ("yaml", "json"):
+        dumped.dump(str(tmp_path / f"c.{suffix}"))
+        assert not changed(load_config(str(tmp_path / f"c.{suffix}")), reference), suffix
+    assert dump_config("local_configs.NYUDepthv2.DFormer_Tiny", None, str(tmp_path)) is None
+
+
+def test_mmengine_errors_are_one_line_config_errors(tmp_path):
+    (tmp_path / "bad.py").write_text("x = dict(a=1\n")
+    (tmp_path / "name.py").write_text(f"_base_ = {osp.join(REPO, NYU_T)!r}\nx = undefined\n")
+    (tmp_path / "extra.py").write_text(f"_base_ = {osp.join(REPO, NYU_T)!r}\n"
+                                       "custom_imports = dict(imports=['no_such_module'])\n")
+    for name, message in (("bad.py", "SyntaxError"), ("name.py", "NameError"),
+                          ("extra.py", "unknown or unsupported key custom_imports")):
+        with pytest.raises(ConfigError, match=message) as info:
+            load_config(str(tmp_path / name))
+        assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="unbalanced brackets"):
+        load_config(NYU_T, ["tta.scales=[1,2"])

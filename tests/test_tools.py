@@ -68,9 +68,13 @@ def trained(nyu, tmp_path_factory):
 
 def test_mission_train_command(trained):
     from utils.checkpoint import read_checkpoint
+    from utils.config import load_config
+    from utils.engine.trainer import plain
     work, proc = trained
     state = read_checkpoint(str(work / "latest.pkl"))
     assert state["iteration"] == 1 and state["config"]["backbone"] == "DFormer-Large"
+    # the config file with its options, dumped as mmengine's runner does, reruns this run
+    assert plain(dict(load_config(str(work / osp.basename(NYU_L))))) == state["config"]
     history = [json.loads(line) for line in open(work / "val_history.jsonl")]
     assert [h["iteration"] for h in history] == [1]  # one validation ...
     log = "".join(open(p).read() for p in glob.glob(str(work / "log_*.log")))
@@ -88,6 +92,9 @@ def test_mission_test_command(trained, nyu, tmp_path):
     metrics = json.load(open(tmp_path / "metrics_val.json"))["metrics"]
     assert metrics["miou"] is not None
     assert len(os.listdir(tmp_path / "idx")) == 1  # file_length=1: the first sample only
+    from utils.config import load_config
+    dumped = load_config(str(tmp_path / osp.basename(NYU_L)))
+    assert (dumped.load_from, dumped.val_file_length) == (f"{work}/latest.pkl", 1)
 
 
 def test_class_config_through_tools_train(nyu, tmp_path):
@@ -168,7 +175,7 @@ def tool_module(name):
     return importlib.import_module(f"tools.{name}")
 
 
-def test_tools_parse_their_flags():
+def test_tools_parse_their_flags(tmp_path):
     train_tool, test_tool = tool_module("train"), tool_module("test")
     args = train_tool.parse_args([NYU_L, "--resume", "--work-dir", "w", "--amp",
                                   "--launcher", "mpi", "--load-from", "x.pkl"])
@@ -177,7 +184,15 @@ def test_tools_parse_their_flags():
     assert train_tool.parse_args(["--config", NYU_L, "--epochs", "3"]).epochs == 3
     with pytest.raises(ConfigError, match="a config is required"):
         train_tool.parse_args([])
-    from utils.config import load_config
+    from utils.config import dump_config, load_config
+    weights = tmp_path / "w.pkl"
+    weights.write_bytes(b"")
+    args = train_tool.parse_args([NYU_L, "--load-from", str(weights), "--cfg-options",
+                                  "randomness.seed=3"])
+    cfg = train_tool.load(args)
+    assert (cfg.load_from, cfg.seed) == (str(weights), 3)
+    dumped = load_config(dump_config(args.config, args.cfg_options, str(tmp_path)))
+    assert (dumped.load_from, dumped.seed) == (str(weights), 3)  # --load-from is in the dump
     cfg = load_config(NYU_L)
     args = test_tool.build_parser().parse_args([NYU_L, "--mst", "--sliding", "--max-iters", "2",
                                                 "--no-strict-load", "--checkpoint", "c.pth"])

@@ -6,8 +6,8 @@
         --mode val --cfg-options val_dataloader.batch_size=1 val_dataloader.dataset.file_length=1
 
 A thin layer over ``utils/eval.py`` (the one evaluator): it prints the mIoU table, writes
-the metrics as JSON into ``--work-dir``, class-index PNGs into ``--out`` and colour
-overlays into ``--show-dir``. Without ``--checkpoint`` the config's ``load_from`` is
+the metrics as JSON (and a configs/ file with its options, as mmengine's runner dumps it)
+into ``--work-dir``, class-index PNGs into ``--out`` and colour overlays into ``--show-dir``. Without ``--checkpoint`` the config's ``load_from`` is
 evaluated; without either, a warning says the weights are untrained.
 """
 import os
@@ -37,7 +37,9 @@ def build_parser():
                    help="which loader settings to use: val_dataloader or test_dataloader "
                         "(both read the evaluation split)")
     add_cfg_options_argument(p)
-    p.add_argument("--work-dir", default=None, help="write the metrics as JSON into this folder")
+    p.add_argument("--work-dir", default=None,
+                   help="write the metrics as JSON (and a configs/ file with its options) into "
+                        "this folder")
     p.add_argument("--tta", "--mst", "--multi_scale", "--multi-scale", dest="tta",
                    action="store_true",
                    help="test-time augmentation of the config (tta: the reference's 5 scales "
@@ -114,10 +116,12 @@ def main(argv=None):
     args = resolve_config_argument(p, p.parse_args(argv))
     if args.max_iters is not None and args.max_iters < 1:
         p.error("--max-iters must be >= 1")
-    from utils.config import load_config
+    from utils.config import dump_config, load_config
     cfg = load_config(args.config, args.cfg_options)
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise ConfigError(f"--checkpoint: file not found: {args.checkpoint}")
+    if args.work_dir:
+        dump_config(args.config, args.cfg_options, args.work_dir)
     if args.mode == "test":  # the evaluator reads the val_* settings
         cfg.val_batch_size, cfg.val_file_length = cfg.test_batch_size, cfg.test_file_length
     callback = image_writer(args.out, args.show_dir, cfg) if (args.out or args.show_dir) else None

@@ -10,7 +10,9 @@
 
 A thin layer: the config goes through ``utils.config.load_config`` and the run through
 ``utils.train.run``, the same trainer as ``python utils/train.py`` (same process, same
-code path, bit-identical results). Every flag of utils/train.py is accepted as well.
+code path, bit-identical results). Every flag of utils/train.py is accepted as well. The
+work dir receives the configs/ file with its options (``Config.dump``, as mmengine's
+runner), config.json (the internal config) and args.json.
 """
 import os
 import sys
@@ -46,17 +48,23 @@ def parse_args(argv=None):
     return resolve_config_argument(p, p.parse_args(argv))
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    from utils.config import load_config
-    from utils.train import run
-    import jittor as jt
-    cfg = load_config(args.config, args.cfg_options)
+def load(args):
+    """The internal config of CONFIG with --cfg-options; --load-from joins the options as
+    ``load_from``, so the config dumped into the work dir holds it (as in mmengine)."""
+    from utils.config import load_config, parse_cfg_options
     if args.load_from:
         if not os.path.isfile(args.load_from):
             raise ConfigError(f"--load-from: file not found: {args.load_from}")
-        cfg.load_from = args.load_from
+        args.cfg_options = {**parse_cfg_options(args.cfg_options), "load_from": args.load_from}
+    return load_config(args.config, args.cfg_options)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    from utils.train import run
+    import jittor as jt
+    cfg = load(args)
     if args.launcher == "mpi":
         if not jt.in_mpi:
             raise ConfigError("--launcher mpi needs an MPI launch: mpirun -np N python "

@@ -6,34 +6,36 @@ with the fields of ``local_configs`` (``lr``, ``batch_size``, ``dataset_path`` .
 
 * a ``local_configs`` dotted name (``local_configs.NYUDepthv2.DFormer_Large``) or a
   ``local_configs/.../*.py`` path: a *class config*;
-* an mmengine-style file (``configs/dformer/*.py``): plain dicts ``model``,
-  ``train_dataloader``, ``optim_wrapper``, ``param_scheduler``, ``train_cfg`` ... with
-  ``_base_`` inheritance. It is read by :func:`read_config_file` (no mmengine needed) and
-  translated by :func:`translate`, through one explicit table (:data:`MM_KEYS`); a key
-  the table does not know, or a value it cannot express, is a :class:`ConfigError`
-  naming the key;
+* an mmengine config file (``configs/dformer/*.py``, or ``.yaml`` / ``.json``): plain
+  dicts ``model``, ``train_dataloader``, ``optim_wrapper``, ``param_scheduler``,
+  ``train_cfg`` ... It is read by mmengine's own ``mmengine.config.Config`` (the torch-free
+  ``mmengine-lite`` package: ``_base_`` inheritance, ``{{_base_.x}}`` / ``_base_.x``
+  references, ``{{fileDirname}}``, ``{{$ENV:default}}``, ``read_base()`` configs) and
+  translated by :func:`translate`, through one explicit table; a key the table does not
+  know, or a value it cannot express, is a :class:`ConfigError` naming the key;
 * a dict (an internal config, copied).
 
-``cfg_options`` (``["key=value", ...]`` from ``--cfg-options``, or a dict) follow
-mmengine's rules (:func:`parse_cfg_options`): dotted keys into nested dicts, numeric
-components index lists, values parsed as int / float / bool / None / str, ``a=1,2`` and
-``a=[1,2]`` are lists, ``a=(1,2)`` a tuple. For mmengine files they are merged into the
-dicts before the translation. For class configs they set the flat fields (an unknown
-field is an error) or one of the mmengine keys of :data:`CLASS_ALIASES`; fields derived
-from others (iterations per epoch, the paths under ``dataset_path``, ``log_dir``) are
-re-derived afterwards, so an override cannot leave the config inconsistent.
+``cfg_options`` (``["key=value", ...]`` from ``--cfg-options``, or a dict): values are
+parsed by mmengine's ``DictAction`` and merged by ``Config.merge_from_dict``. Ours on top:
+a ``*`` key component (:func:`apply_cfg_options`), one-line errors for paths that cannot
+be set, and a key under a ``None`` value making it a dict. For class configs the options
+set the flat fields (an unknown field is an error) or one of the mmengine keys of
+:data:`CLASS_ALIASES`; fields derived from others (iterations per epoch, the paths under
+``dataset_path``, ``log_dir``) are re-derived afterwards, so an override cannot leave
+the config inconsistent.
 
 Besides the class-config fields, every internal config carries the *run fields*
 :data:`RUN_DEFAULTS` (``max_iters``, ``val_interval`` ...), None unless set.
 """
 import copy
 import fnmatch
+import os
 import os.path as osp
 
 from utils.errors import ConfigError
 
 __all__ = ["ConfigError", "RUN_DEFAULTS", "add_cfg_options_argument", "apply_cfg_options",
-           "is_mmengine_file", "load_config", "merge_dicts", "override_config",
+           "dump_config", "is_mmengine_file", "load_config", "override_config",
            "parse_cfg_options", "parse_option_value", "read_config_file", "translate"]
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -59,7 +61,8 @@ _PATH_FIELDS = ("rgb_root_folder", "gt_root_folder", "x_root_folder", "train_sou
 
 # ============================================================================ --cfg-options
 
-CONFIG_HELP = "configs/**.py file, local_configs dotted name or local_configs/**.py path"
+CONFIG_HELP = ("configs/**.py (.yaml, .json) file, local_configs dotted name or "
+               "local_configs/**.py path")
 
 
 def add_config_arguments(parser):
@@ -89,76 +92,28 @@ def add_cfg_options_argument(parser):
     parser.add_argument(
         "--cfg-options", "--cfg_options", dest="cfg_options", nargs="+", metavar="KEY=VALUE",
         default=None,
-        help="override config settings, mmengine style: dotted keys into the dicts of a "
-             "configs/ file (train_cfg.max_iters=1 model.pretrained=None "
-             "train_dataloader.dataset.data_root=/data/NYUDepthv2), flat fields of a "
-             "local_configs class config (lr=1e-4 batch_size=4). Values: int, float, "
-             "true/false, None, a,b,c or [a,b] (list), (a,b) (tuple), else text")
+        help="override config settings, as mmengine's --cfg-options: dotted keys into the "
+             "dicts of a configs/ file (train_cfg.max_iters=1 model.pretrained=None "
+             "train_dataloader.dataset.data_root=/data/NYUDepthv2; '*' matches every key of "
+             "its level), flat fields of a local_configs class config (lr=1e-4 "
+             "batch_size=4). Values: int, float, true/false, None, a,b,c or [a,b] (list), "
+             "(a,b) (tuple), else text (spaces removed, as mmengine does)")
     return parser
 
 
-def _split_top_level(text):
-    """Split ``text`` on the commas that are not inside brackets or parentheses."""
-    parts, depth, current = [], 0, ""
-    for char in text:
-        if char in "([":
-            depth += 1
-        elif char in ")]":
-            depth -= 1
-            if depth < 0:
-                raise ConfigError(f"unbalanced brackets in option value {text!r}")
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    if depth != 0:
-        raise ConfigError(f"unbalanced brackets in option value {text!r}")
-    parts.append(current)
-    return parts
-
-
-def _parse_scalar(text):
-    """int, float, bool (true/false, any case), None, else the text itself."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    if text == "None":
-        return None
-    return text
-
-
 def parse_option_value(text):
-    """Value of one ``key=value`` option, by mmengine's DictAction rules.
+    """Value of one ``key=value`` option, parsed by mmengine's ``DictAction``.
 
     ``1`` -> 1, ``1e-4`` -> 0.0001, ``True``/``false`` -> bool, ``None`` -> None,
-    ``a,b`` or ``[a,b]`` -> list, ``(a,b)`` -> tuple (nested brackets allowed), else str.
-    Quotes around the whole value are removed (``'[1,2]'`` as a shell would pass it).
+    ``a,b`` / ``a,`` / ``[a,b]`` -> list, ``(a,b)`` -> tuple (nested brackets allowed), else
+    str; quotes around the value and all spaces in it are removed.
     """
-    text = text.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        text = text[1:-1].strip()
-    is_list = text.startswith("[") and text.endswith("]")
-    is_tuple = text.startswith("(") and text.endswith(")")
-    if is_list or is_tuple:
-        inner = text[1:-1].strip()
-        # brackets must enclose the whole value: "[1]+[2]" is text
-        try:
-            _split_top_level(inner)
-        except ConfigError:
-            return text
-        parts = _split_top_level(inner) if inner else []
-        if len(parts) > 1 and not parts[-1].strip():
-            parts = parts[:-1]  # trailing comma: "(1,)"
-        items = [parse_option_value(p) for p in parts]
-        return tuple(items) if is_tuple else items
-    if "," in text:
-        return [parse_option_value(p) for p in _split_top_level(text)]
-    return _parse_scalar(text)
+    from mmengine.config import DictAction
+    try:
+        return DictAction._parse_iterable(text)
+    except AssertionError:  # DictAction's check of the brackets
+        raise ConfigError(f"--cfg-options: unbalanced brackets in option value {text!r}") \
+            from None
 
 
 def parse_cfg_options(options):
@@ -184,48 +139,52 @@ def parse_cfg_options(options):
     return parsed
 
 
-def apply_cfg_options(tree, options):
-    """Merge parsed options into a nested dict, as mmengine's ``merge_from_dict``.
+def apply_cfg_options(config, options):
+    """Merge options into an mmengine ``Config`` (or a dict, wrapped into one) with
+    mmengine's ``merge_from_dict``: dotted keys walk into dicts (missing ones are
+    created), a numeric component indexes a list.
 
-    Dotted keys walk into dicts (missing dicts are created); a numeric component indexes
-    a list (out of range is an error). A ``*`` component (``*.dataset.data_root``) stands
-    for every key at that level under which the rest of the path exists (an extension
-    of mmengine's rules). Returns ``tree`` (modified in place).
+    Ours on top: a ``*`` component (``*.dataset.data_root``) stands for every key at that
+    level under which the rest of the path exists; a path that cannot be set (a list
+    indexed by a name or out of range, a tuple, a number) is a one-line ConfigError, where
+    mmengine raises a TypeError or KeyError; a ``None`` on the way becomes a dict
+    (``model.auxiliary_head.type=FCNHead`` on ``auxiliary_head=None``). Returns the Config.
     """
-    for key, value in _expand_wildcards(tree, parse_cfg_options(options)).items():
+    from mmengine.config import Config, ConfigDict
+    if not isinstance(config, Config):
+        config = Config(copy.deepcopy(dict(config)))
+    tree = config._cfg_dict
+    options = _expand_wildcards(tree, parse_cfg_options(options))
+    for key, value in options.items():
         parts = key.split(".")
         node = tree
         for depth, part in enumerate(parts):
-            last = depth == len(parts) - 1
-            where = ".".join(parts[:depth + 1])
-            if isinstance(node, (list, tuple)):
-                if not part.isdigit():
-                    raise ConfigError(f"--cfg-options {key}: {'.'.join(parts[:depth]) or key} "
-                                      f"is a list; index it with a number, not {part!r}")
-                index = int(part)
-                if index >= len(node):
-                    raise ConfigError(f"--cfg-options {key}: index {index} out of range "
-                                      f"(the list has {len(node)} items)")
-                if isinstance(node, tuple):
-                    raise ConfigError(f"--cfg-options {key}: {where} is inside a tuple; "
-                                      "set the whole tuple instead")
+            last, where = depth == len(parts) - 1, ".".join(parts[:depth])
+            if isinstance(node, dict):
                 if last:
-                    node[index] = value
-                else:
-                    node = node[index]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = value
-                else:
-                    if not isinstance(node.get(part), (dict, list, tuple)):
-                        if part in node and node[part] is not None:
-                            raise ConfigError(f"--cfg-options {key}: {where} is "
-                                              f"{node[part]!r}, not a dict")
-                        node[part] = {}
-                    node = node[part]
+                    break
+                if part in node and node[part] is None:
+                    node[part] = ConfigDict()  # mmengine: TypeError
+                node = node.get(part, {})
+                if not isinstance(node, (dict, list, tuple)):
+                    raise ConfigError(f"--cfg-options {key}: {'.'.join(parts[:depth + 1])} "
+                                      f"is {node!r}, not a dict")
+            elif isinstance(node, tuple):
+                raise ConfigError(f"--cfg-options {key}: {where} is a tuple; set the whole "
+                                  "tuple instead")
+            elif not part.isdigit():
+                raise ConfigError(f"--cfg-options {key}: {where} is a list; index it with a "
+                                  f"number, not {part!r}")
+            elif int(part) >= len(node):
+                raise ConfigError(f"--cfg-options {key}: index {part} out of range (the list "
+                                  f"has {len(node)} items)")
+            elif last and not isinstance(value, dict):
+                raise ConfigError(f"--cfg-options {key}: mmengine sets a list item by index "
+                                  f"from a dict only; set the whole list {where} instead")
             else:
-                raise ConfigError(f"--cfg-options {key}: cannot go into {where}")
-    return tree
+                node = node[int(part)]
+    config.merge_from_dict(copy.deepcopy(options))
+    return config
 
 
 def _resolves(node, parts):
@@ -396,12 +355,10 @@ def _finalize(cfg):
 # ============================================================================ mmengine files
 
 def is_mmengine_file(source):
-    """True for a ``.py`` path that is not a local_configs class config."""
-    if not isinstance(source, str) or not source.endswith(".py"):
+    """True for a config file path (.py, .yaml, .yml, .json) outside local_configs/."""
+    if not isinstance(source, str) or not source.endswith((".py", ".yaml", ".yml", ".json")):
         return False
-    path = osp.normpath(source)
-    parts = path.replace("\\", "/").split("/")
-    return "local_configs" not in parts
+    return "local_configs" not in osp.normpath(source).replace("\\", "/").split("/")
 
 
 def _resolve_path(source):
@@ -412,95 +369,75 @@ def _resolve_path(source):
     raise ConfigError(f"config file not found: {source}")
 
 
-def _plain_value(value, where):
-    """Config values must be plain data (dict, list, tuple, str, numbers, bool, None)."""
-    if isinstance(value, dict):
-        return {str(k): _plain_value(v, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain_value(v, f"{where}.{i}") for i, v in enumerate(value)]
-    if isinstance(value, tuple):
-        return tuple(_plain_value(v, f"{where}.{i}") for i, v in enumerate(value))
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    raise ConfigError(f"{where}: unsupported value of type {type(value).__name__} (config "
-                      "files hold plain dicts, lists, tuples, strings, numbers, bools, None)")
+def _read_file(source):
+    """mmengine's ``Config.fromfile``, its errors as one-line ConfigErrors.
 
-
-def _exec_file(path):
-    """Module-level names of a config file; ``_private`` names and imports are skipped."""
-    import types
-    with open(path) as f:
-        text = f.read()
-    namespace = {"__file__": path, "__name__": "__dformer_config__"}
-    try:
-        exec(compile(text, path, "exec"), namespace)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"cannot read config file {path}: {type(exc).__name__}: {exc}") from None
-    out = {}
-    for name, value in namespace.items():
-        if name.startswith("_") and name != "_base_":
-            continue
-        if isinstance(value, (types.ModuleType, types.FunctionType, type)):
-            continue
-        out[name] = value
-    return out
-
-
-def merge_dicts(base, child):
-    """``child`` merged into a copy of ``base`` key by key (mmengine's rule).
-
-    Dicts merge recursively unless the child's dict has ``_delete_=True``, which
-    replaces the base's dict; everything else (lists too) is replaced.
+    ``custom_imports`` are not imported: the translation rejects the key, naming it.
     """
-    merged = copy.deepcopy(base)
-    for key, value in child.items():
-        if isinstance(value, dict):
-            value = copy.deepcopy(value)
-            delete = value.pop("_delete_", False)
-            if not delete and isinstance(merged.get(key), dict):
-                merged[key] = merge_dicts(merged[key], value)
-                continue
-            merged[key] = _strip_delete(value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+    from mmengine.config import Config
+    path = _resolve_path(source)
+    _check_base_chain(path)
+    try:
+        return Config.fromfile(path, import_custom_modules=False)
+    except Exception as exc:  # mmengine raises KeyError, TypeError, SyntaxError, OSError ...
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        message = f"{type(exc).__name__}: " + " ".join(str(text).split())
+    # raised here, not in the handler: mmengine's frames hold its open temporary files,
+    # which the error's context would keep alive
+    raise ConfigError(f"cannot read config file {source}: {message}")
 
 
-def _strip_delete(value):
-    if isinstance(value, dict):
-        return {k: _strip_delete(v) for k, v in value.items() if k != "_delete_"}
-    if isinstance(value, list):
-        return [_strip_delete(v) for v in value]
-    return value
-
-
-def read_config_file(path, _chain=()):
-    """The merged dicts of an mmengine-style config file (``_base_`` resolved)."""
-    path = _resolve_path(path)
-    if path in _chain:
-        raise ConfigError(f"circular _base_ chain: {' -> '.join(_chain + (path,))}")
-    names = _exec_file(path)
-    bases = names.pop("_base_", [])
-    if isinstance(bases, str):
-        bases = [bases]
-    if not isinstance(bases, (list, tuple)):
-        raise ConfigError(f"{path}: _base_ must be a path or a list of paths")
-    merged, owner = {}, {}
+def _check_base_chain(path, chain=()):
+    """A circular ``_base_`` chain is an error naming it (mmengine recurses until Python's
+    recursion limit, a thousand temporary files later). Bases found by mmengine's helpers."""
+    from mmengine.config import Config
+    if path in chain:
+        raise ConfigError("circular _base_ chain: " + " -> ".join(chain + (path,)))
+    try:
+        bases = [Config._get_cfg_path(b, path)[0] for b in Config._get_base_files(path)]
+    except Exception:  # reported by the reading itself
+        return
     for base in bases:
-        base_path = base if osp.isabs(base) else osp.join(osp.dirname(path), base)
-        if not osp.isfile(base_path):
-            raise ConfigError(f"{path}: _base_ file not found: {base}")
-        content = read_config_file(base_path, _chain + (path,))
-        for key in content:
-            if key in merged:
-                raise ConfigError(f"{path}: key {key!r} is defined in two _base_ files "
-                                  f"({owner[key]} and {base}); define it once")
-            owner[key] = base
-        merged.update(content)
-    own = {k: _plain_value(v, k) for k, v in names.items()}
-    return merge_dicts(merged, own)
+        if osp.isfile(base):
+            _check_base_chain(osp.abspath(base), chain + (path,))
+
+
+def _settings(config):
+    """The plain dicts of a Config without its ``_``-prefixed helper variables."""
+    return {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
+
+
+def read_config_file(path):
+    """The settings of a config file as plain dicts (``_base_`` resolved, helpers dropped)."""
+    return _settings(_read_file(path))
+
+
+def _load_file(source, options):
+    """``(Config with the options, internal config)`` of a config file.
+
+    A ``train_cfg.max_iters`` that follows the schedule (README) is written into the Config
+    as the run's length, so a dump of it reruns the same run.
+    """
+    config = _read_file(source)
+    total = _file_total_iters(_settings(config))
+    apply_cfg_options(config, options)
+    cfg = translate(_settings(config), source, explicit=set(options), file_total_iters=total)
+    if cfg.max_iters is None:
+        config.train_cfg.max_iters = cfg.nepochs * cfg.niters_per_epoch
+    return config, cfg
+
+
+def dump_config(source, cfg_options, work_dir):
+    """Write the config file with its options into ``work_dir`` as mmengine's runner does
+    (``Config.dump`` under the file's name). Returns the path; None for class configs,
+    which are no mmengine config (the run's config.json holds them)."""
+    if not is_mmengine_file(source):
+        return None
+    config, _ = _load_file(source, parse_cfg_options(cfg_options))
+    os.makedirs(work_dir, exist_ok=True)
+    path = osp.join(work_dir, osp.basename(config.filename))
+    config.dump(path)
+    return path
 
 
 # ============================================================================ translation
@@ -938,10 +875,7 @@ def load_config(source, cfg_options=None):
     if not isinstance(source, str) or not source:
         raise ConfigError(f"config must be a name or a path, got {source!r}")
     if is_mmengine_file(source):
-        tree = read_config_file(source)
-        total = _file_total_iters(tree)
-        apply_cfg_options(tree, options)
-        return translate(tree, source, explicit=set(options), file_total_iters=total)
+        return _load_file(source, options)[1]
     import local_configs
     try:
         cfg = local_configs.load_config(source)

@@ -30,7 +30,7 @@ from utils import runtime  # noqa: E402
 runtime.setup()  # before jittor is imported
 import jittor as jt  # noqa: E402
 
-from utils.config import add_cfg_options_argument, load_config  # noqa: E402
+from utils.config import add_cfg_options_argument, dump_config, load_config  # noqa: E402
 from utils.errors import ArgumentParser, CheckpointError, ConfigError, UserError, run_cli  # noqa: E402,E501
 
 
@@ -222,12 +222,17 @@ def build_loaders(cfg, args, seed):
 
 
 def write_run_info(work_dir, cfg, args, logger):
-    """config.json and args.json in the work dir; the config goes to the log as well."""
+    """config.json (the internal config) and args.json in the work dir, and a configs/
+    file with its --cfg-options as mmengine's runner dumps it (``Config.dump`` under the
+    file's name); the config goes to the log as well."""
     from utils.engine.trainer import plain
     with open(os.path.join(work_dir, "config.json"), "w") as f:
         json.dump(plain(dict(cfg)), f, indent=2, default=str)
     with open(os.path.join(work_dir, "args.json"), "w") as f:
         json.dump(vars(args), f, indent=2, default=str)
+    dumped = dump_config(args.config, args.cfg_options, work_dir)
+    if dumped:
+        logger.info(f"config file with its options: {dumped}")
     logger.info("config:\n" + json.dumps(plain(dict(cfg)), indent=2, default=str))
     logger.info("args: " + " ".join(f"{k}={v}" for k, v in vars(args).items()))
 
