@@ -79,6 +79,16 @@ def test_option_list_parsing_and_errors():
         parse_option_value("[1,2")
 
 
+@pytest.mark.parametrize("text", ["runs/my run", '"a b"', "[a b,c]", "(1, x y)"])
+def test_a_space_inside_an_option_item_is_an_error(text):
+    """mmengine's parser drops every space ("runs/my run" -> "runs/myrun"): where that
+    changes an item, it is an error, not a silently different value."""
+    with pytest.raises(ConfigError, match="space inside the value"):
+        parse_option_value(text)
+    with pytest.raises(ConfigError, match="space inside"):
+        parse_cfg_options([f"work_dir={text}"])
+
+
 def test_options_merge_into_nested_dicts_and_lists():
     tree = {"a": {"b": 1, "c": [dict(x=1), dict(x=2)], "n": None}, "t": (1, 2)}
     cfg = apply_cfg_options(tree, ["a.b=2", "a.c.1.x=5", "a.new.deep=3", "t=(3,4)", "a.n.k=1"])

@@ -31,6 +31,7 @@ import copy
 import fnmatch
 import os
 import os.path as osp
+import re
 
 from utils.errors import ConfigError
 
@@ -97,7 +98,7 @@ def add_cfg_options_argument(parser):
              "train_dataloader.dataset.data_root=/data/NYUDepthv2; '*' matches every key of "
              "its level), flat fields of a local_configs class config (lr=1e-4 "
              "batch_size=4). Values: int, float, true/false, None, a,b,c or [a,b] (list), "
-             "(a,b) (tuple), else text (spaces removed, as mmengine does)")
+             "(a,b) (tuple), else text (a space inside an item is an error)")
     return parser
 
 
@@ -106,9 +107,17 @@ def parse_option_value(text):
 
     ``1`` -> 1, ``1e-4`` -> 0.0001, ``True``/``false`` -> bool, ``None`` -> None,
     ``a,b`` / ``a,`` / ``[a,b]`` -> list, ``(a,b)`` -> tuple (nested brackets allowed), else
-    str; quotes around the value and all spaces in it are removed.
+    str; quotes around the value and spaces around its items are removed. A space inside an
+    item is an error (mmengine would drop it silently).
     """
     from mmengine.config import DictAction
+    inner = re.search(r"[^\s,\[\]()'\"]\s+[^\s,\[\]()'\"]", text)
+    if inner:
+        # mmengine drops every space, which would turn a path "runs/my run" into "runs/myrun"
+        raise ConfigError(
+            f"--cfg-options: a space inside the value {text!r} ({inner.group(0)!r}): mmengine's "
+            f"parser removes spaces, so it cannot be kept; use a value without spaces (for a "
+            f"folder with spaces use --work-dir)")
     try:
         return DictAction._parse_iterable(text)
     except AssertionError:  # DictAction's check of the brackets
