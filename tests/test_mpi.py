@@ -195,6 +195,23 @@ def test_nan_loss_on_rank1_stops_every_rank(ctx):
     assert "loss is nan at iteration 2 " in error, error
 
 
+def test_unexpected_error_on_rank1_ends_the_job(ctx):
+    """An exception nobody agrees on (a bug, a kernel failing on one rank) ends rank 1
+    without MPI's finalisation, which would wait for rank 0 while rank 0 waits in the next
+    all-reduce for rank 1: mpirun sees the failed rank and ends the job."""
+    job = launch(ctx, "raise", ctx.root, 2, ("--ckpt-every", "1"), overrides={
+        **LONG_RUN, "raise_at": [1, 2]})
+    _wait_for_iteration(job, ctx.base / "raise", 1)
+    reached = time.time()
+    rc = job.finish()
+    took = time.time() - reached
+    out = job.output()
+    print(f"RuntimeError on rank 1 at iteration 2: the job ended {took:.1f} s after "
+          f"iteration 1 was saved (rc {rc})")
+    assert rc != 0 and took < STOP_BOUND, out[-3000:]
+    assert "planted failure on rank 1 at iteration 2" in out, out[-3000:]
+
+
 # mpirun answers SIGINT (Ctrl-C) by sending SIGTERM to every rank and SIGKILL one second
 # later (OpenMPI's odls_base_sigkill_timeout): too soon to save. 10 s leaves the time; mpirun
 # then waits twice that long after a non-zero exit before it exits itself (measured).
@@ -385,7 +402,7 @@ def test_syncbn_two_ranks_equal_one_process_float64(ctx):
     assert a["dtype"] == b["dtype"] == "float64"
     assert all(v.dtype != np.float32 for v in a["model"].values())
     diff = state_differences(runs[0] / "latest.pkl", runs[1] / "latest.pkl")
-    print(f"DFormerv2-S float64, 2 steps: relative differences "
+    print("DFormerv2-S float64, 2 steps: relative differences "
           + ", ".join(f"{k} {v:.1e}" for k, v in diff.items()))
     assert all(v <= F64_RTOL for v in diff.values()), diff
 

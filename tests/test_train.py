@@ -66,10 +66,11 @@ root, overrides, exact = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3] == "e
 args = sys.argv[4:]
 halves = overrides.pop("halves", False)
 nan_at = overrides.pop("nan_at", None)  # (rank, iteration): that rank's loss becomes NaN
+raise_at = overrides.pop("raise_at", None)  # (rank, iteration): that rank's forward raises
 size_keys = ("ntrain", "nval", "epochs", "size")
 cfg = tiny_cfg(root, **{k: overrides.pop(k) for k in size_keys if k in overrides})
 cfg.update(overrides)
-if nan_at is not None:
+if nan_at is not None or raise_at is not None:
     from models.builder import EncoderDecoder
     forward, steps = EncoderDecoder.execute, []
 
@@ -77,8 +78,11 @@ if nan_at is not None:
         out = forward(self, rgb, depth, label)
         if label is not None:  # a training step
             steps.append(len(steps))
-            if [jt.rank if jt.in_mpi else 0, steps[-1]] == nan_at:
+            here = [jt.rank if jt.in_mpi else 0, steps[-1]]
+            if here == nan_at:
                 out = out * float("nan")
+            if here == raise_at:
+                raise RuntimeError(f"planted failure on rank {here[0]} at iteration {here[1]}")
         return out
 
     EncoderDecoder.execute = execute
@@ -486,6 +490,45 @@ def test_signal_stops_cleanly_and_saves(tmp_path):
     assert summary["reason"] == "SIGTERM" and summary["iteration"] == 2
     assert read_checkpoint(str(tmp_path / "latest.pkl"))["iteration"] == 2
     assert signal.getsignal(signal.SIGTERM) != trainer.stop._handle
+
+
+LOCK_WAITER = r"""
+import ctypes, fcntl, os, struct, sys, time
+from utils.engine.trainer import StopRequest
+stop = StopRequest().install()
+libc = ctypes.CDLL(None, use_errno=True)
+fd = os.open(sys.argv[1], os.O_RDWR)
+lock = ctypes.create_string_buffer(struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0), 32)
+print("waiting", flush=True)
+# the C call itself, as Jittor's kernel-cache lock makes it (Python's wrappers retry EINTR)
+rc = libc.fcntl(fd, fcntl.F_SETLKW, lock)
+print("rc", rc, "errno", ctypes.get_errno(), "stop", stop.reason, flush=True)
+"""
+
+
+def test_a_signal_does_not_interrupt_a_c_level_lock_wait(tmp_path):
+    """Jittor waits for its kernel-cache lock with fcntl(F_SETLKW) and asserts that it
+    succeeds: a stop signal arriving during that wait (a kernel compiling) must restart the
+    wait, not fail it with EINTR, and still be seen by the trainer."""
+    import fcntl
+    path = tmp_path / "lock"
+    path.write_bytes(b"\0")
+    holder = open(path, "r+b")
+    fcntl.lockf(holder, fcntl.LOCK_EX)
+    proc = subprocess.Popen([sys.executable, "-c", LOCK_WAITER, str(path)], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True, env=child_env())
+    try:
+        assert proc.stdout.readline().strip() == "waiting"
+        time.sleep(0.5)                       # inside fcntl(F_SETLKW) by now
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert proc.poll() is None            # still waiting: the call was restarted
+        fcntl.lockf(holder, fcntl.LOCK_UN)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        holder.close()
+    assert out.split() == ["rc", "0", "errno", "0", "stop", "SIGTERM"], out
 
 
 def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ anywhere (``models/__init__.py`` imports nothing).
 import argparse
 import os
 import sys
+import traceback
 
 from models.errors import ConfigError, KeywordError, UserError
 
@@ -56,10 +57,29 @@ def mpi_rank():
     return 0
 
 
+def mpi_world_size():
+    """The number of MPI ranks from the launcher's environment (1 outside MPI)."""
+    for key in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 1
+
+
+def _end_rank_now(status):
+    """End this MPI rank at once, skipping the interpreter's exit handlers: Jittor's
+    MPI_Finalize would wait for the other ranks, which wait in their next collective for
+    this one (a hang); a rank that is simply gone is what makes mpirun end the job."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def run_cli(main, argv=None):
     """Run ``main(argv)`` and exit with its status; a UserError becomes one ``error:`` line.
 
-    ``--debug`` is removed from ``argv`` before ``main`` sees it.
+    ``--debug`` is removed from ``argv`` before ``main`` sees it. Under MPI, an exception
+    the ranks did not agree on (anything but a UserError, which they do agree on) ends this
+    rank at once with its traceback, so mpirun ends the others instead of all waiting.
     """
     raw = sys.argv[1:] if argv is None else list(argv)
     debug = debug_enabled(raw)
@@ -74,8 +94,17 @@ def run_cli(main, argv=None):
             print(f"error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        if debug:
+        if debug and mpi_world_size() == 1:
             raise
         print("interrupted", file=sys.stderr, flush=True)
+        if mpi_world_size() > 1:
+            _end_rank_now(130)
         sys.exit(130)
+    except Exception:
+        if mpi_world_size() == 1:
+            raise
+        traceback.print_exc()
+        print(f"error: rank {mpi_rank()} failed with the exception above; ending it so that "
+              f"mpirun ends the job", file=sys.stderr)
+        _end_rank_now(1)
     sys.exit(status if isinstance(status, int) else 0)

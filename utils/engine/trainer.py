@@ -161,6 +161,10 @@ class StopRequest:
             return self
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
+            # restart interrupted system calls: Jittor asserts on an interrupted wait for its
+            # kernel-cache lock (fcntl F_SETLKW), so a signal arriving while a kernel compiles
+            # failed the step instead of stopping after it; the handler still runs
+            signal.siginterrupt(sig, False)
         return self
 
     def uninstall(self):
