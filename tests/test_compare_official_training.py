@@ -107,6 +107,20 @@ def test_missing_torch_is_one_line(fake_ref, no_torch_python, tmp_path, capsys):
     assert_nothing_written(figs)
 
 
+def test_too_few_test_images_for_the_official_evaluation(fake_ref, tmp_path, capsys):
+    """Its val_mm.evaluate divides by half the number of batches: one batch is refused."""
+    python = tmp_path / "python-with-everything"
+    python.write_text("#!/bin/sh\nexit 0\n")   # answers the module probe as a full venv would
+    python.chmod(0o755)
+    figs = tmp_path / "figs"
+    status, _, err = run_main(capsys, "--ref", str(fake_ref), "--torch-python", str(python),
+                              "--val-images", "8", "--fig", str(figs / "cmp.png"))
+    assert status == 1 and len(err) == 1, err
+    assert err[0] == ("error: --val-images 8: the official evaluation needs at least two "
+                      "batches (16 images at batch size 8)")
+    assert_nothing_written(figs)
+
+
 @pytest.mark.skipif(not os.environ.get("DFORMER_TORCH_REF"),
                     reason="the official code is not here (set DFORMER_TORCH_REF)")
 def test_hashes_match_the_official_checkout():

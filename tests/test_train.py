@@ -730,6 +730,21 @@ def test_stop_mid_epoch_and_resume_equals_uninterrupted(e2e):
     assert_same_state(e2e.ref / "latest.pkl", work / "latest.pkl")
 
 
+def test_a_busy_machine_gives_the_same_run(e2e):
+    """Same seed, same run, also while every core is busy elsewhere: no result depends on
+    thread timing (static OpenMP partitions, per-task outputs, reductions in a fixed order)."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(os.cpu_count() or 2)]
+    try:
+        work = e2e.base / "busy"
+        run_train(e2e.runner, e2e.root, work, args=("--val-every", "0"))
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait(timeout=60)
+    assert_same_state(e2e.ref / "latest.pkl", work / "latest.pkl")
+
+
 @pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(e2e):
     work = e2e.base / "killed"

@@ -623,6 +623,11 @@ def compare(args):
     if args.val_images is not None and args.val_images > cfg.num_eval_imgs:
         raise ToolError(f"--val-images {args.val_images}: the test split has "
                         f"{cfg.num_eval_imgs} images")
+    if args.val_images is not None and args.val_images < 2 * int(cfg.batch_size):
+        # its val_mm.evaluate logs every int(len(loader) * 0.5) batches: 0 with one batch
+        raise ToolError(f"--val-images {args.val_images}: the official evaluation needs at "
+                        f"least two batches ({2 * int(cfg.batch_size)} images at batch size "
+                        f"{int(cfg.batch_size)})")
     from utils.dataloader.synthetic import ensure_synthetic_dataset
     os.chdir(REPO)
     ensure_synthetic_dataset(cfg)
