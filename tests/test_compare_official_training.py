@@ -5,8 +5,10 @@ nothing written to the figure's folder, and its verdict, table and figure from s
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -119,6 +121,32 @@ def test_too_few_test_images_for_the_official_evaluation(fake_ref, tmp_path, cap
     assert err[0] == ("error: --val-images 8: the official evaluation needs at least two "
                       "batches (16 images at batch size 8)")
     assert_nothing_written(figs)
+
+
+def test_a_worker_ends_when_its_comparison_is_killed(tmp_path):
+    """A worker whose parent is killed (SIGKILL, nothing forwarded) gets SIGTERM and ends; it
+    waits here on a FIFO spec, before any training, standing in for a run in progress."""
+    spec = tmp_path / "spec.json"
+    os.mkfifo(spec)
+    parent = subprocess.Popen(
+        ["sh", "-c", f'"{sys.executable}" "{SCRIPT}" --worker ours --spec "{spec}" '
+                     f'--out "{tmp_path / "out.json"}" & echo $!; wait'],
+        stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    time.sleep(2)                                   # the worker is past its start-up
+    os.kill(worker, 0)                              # alive, blocked on the FIFO
+    parent.kill()
+    parent.wait(timeout=60)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived its parent by 30 s")
 
 
 @pytest.mark.skipif(not os.environ.get("DFORMER_TORCH_REF"),

@@ -478,7 +478,22 @@ def run_side(side, spec, args, log_path):
     return result
 
 
+def end_with_parent():
+    """Linux: this worker gets SIGTERM when the comparison that started it dies (killed, not
+    only Ctrl-C, which reaches the whole process group); ours then stops after its iteration."""
+    import ctypes
+    import signal
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)     # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:                                # the parent was gone already
+        sys.exit("error: the comparison that started this worker has ended")
+
+
 def worker_main(args):
+    end_with_parent()
     with open(args.spec) as f:
         spec = json.load(f)
     result = (official_worker if args.worker == "official" else ours_worker)(spec)
