@@ -13,7 +13,8 @@
 #                                 else <C.log_dir>/<timestamp> chosen by train.py)
 #   PYTHON    interpreter        (default .venv/bin/python if present, else python3)
 #   MPIRUN    MPI launcher and its options (default mpirun; with Open MPI plus
-#             --mca odls_base_sigkill_timeout 10, so Ctrl-C stops and saves)
+#             --mca odls_base_sigkill_timeout 10). Ctrl-C stops every rank after its
+#             step and saves (through SIGUSR1, which mpirun forwards); twice aborts.
 # Extra arguments go to utils/train.py (see `python utils/train.py --help`); later flags win,
 # so e.g. `--mst` re-enables the multi-scale validation that the CPU default turns off.
 set -euo pipefail
@@ -36,14 +37,42 @@ fi
 if [ "$GPUS" -gt 1 ]; then
     read -r -a LAUNCH <<< "${MPIRUN:-mpirun}"
     if [ -z "${MPIRUN:-}" ] && mpirun --version 2>/dev/null | grep -q "Open MPI"; then
-        # Ctrl-C: Open MPI sends SIGTERM to every rank and SIGKILL 1 s later, too soon for
-        # rank 0 to finish its step and save; give it 10 s.
+        # mpirun's own answer to a signal (the second Ctrl-C below, or `kill` of mpirun):
+        # SIGTERM to every rank after 10 s instead of 1 s, SIGKILL 10 s after that
         LAUNCH+=(--mca odls_base_sigkill_timeout 10)
     fi
     LAUNCH+=(-np "$GPUS")
     if [ "$(id -u)" = 0 ]; then
         LAUNCH+=(--allow-run-as-root)
     fi
-    exec "${LAUNCH[@]}" -x PYTHONPATH "$PY" utils/train.py "${ARGS[@]}" "$@"
+    # Ctrl-C: every rank stops after its current step and rank 0 saves, as in one process.
+    # mpirun forwards SIGUSR1 to the ranks at once (they take it as a stop request), but it
+    # answers SIGINT by killing them late and hard; so it runs in its own process group,
+    # where the terminal's Ctrl-C does not reach it, and this script turns Ctrl-C into SIGUSR1.
+    MPIRUN_PID= STOPS=0
+    stop_ranks() {
+        STOPS=$((STOPS + 1))
+        if [ -z "$MPIRUN_PID" ]; then
+            exit 130
+        elif [ "$STOPS" = 1 ]; then
+            echo "train.sh: every rank stops after its current step and saves (Ctrl-C again: abort without saving)" >&2
+            kill -USR1 "$MPIRUN_PID" 2>/dev/null || true
+        elif [ "$STOPS" = 2 ] && command -v pkill >/dev/null; then
+            pkill -INT -P "$MPIRUN_PID" || true   # a second SIGINT: KeyboardInterrupt in each rank
+        else
+            kill -INT "$MPIRUN_PID" 2>/dev/null || true   # mpirun's own kill: SIGKILL within 20 s
+        fi
+    }
+    trap stop_ranks INT TERM HUP
+    set -m
+    "${LAUNCH[@]}" -x PYTHONPATH "$PY" utils/train.py "${ARGS[@]}" "$@" < /dev/null &
+    MPIRUN_PID=$!
+    set +m
+    while :; do
+        status=0
+        wait "$MPIRUN_PID" || status=$?
+        # a trapped signal interrupts `wait` (status > 128) while mpirun still runs
+        kill -0 "$MPIRUN_PID" 2>/dev/null || exit "$status"
+    done
 fi
 exec "$PY" utils/train.py "${ARGS[@]}" "$@"

@@ -45,7 +45,7 @@ the weights; ``TrainOptions.skip_nonfinite = N`` skips up to N such batches inst
 checkpoint is never replaced by a broken one.
 
 Under MPI (utils.engine.distributed) the ranks agree before every step, in one small
-all-reduce, whether a rank failed to load its batch or received SIGINT/SIGTERM: then every
+all-reduce, whether a rank failed to load its batch or received a stop signal: then every
 rank stops at the same iteration instead of waiting for ever in the next collective;
 rank 0 saves ``latest.pkl`` once and alone prints the error (naming the failing rank and
 its message) with the resume command. A NaN/inf loss is seen by every rank (the loss is
@@ -147,10 +147,15 @@ class ZeroDepth(nn.Module):
 
 
 class StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop stops cleanly after the current iteration.
+    """SIGINT/SIGTERM/SIGUSR1 set a flag; the loop stops cleanly after the current iteration.
 
+    SIGUSR1 is the one that reaches the ranks of an MPI job at once: ``mpirun`` forwards it
+    to every rank, while it answers SIGINT/SIGTERM itself (SIGCONT to the ranks, SIGTERM only
+    ``odls_base_sigkill_timeout`` seconds later, then SIGKILL). train.sh turns Ctrl-C into it.
     A second SIGINT raises KeyboardInterrupt at once (nothing is saved then).
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self):
         self.reason = None
@@ -159,7 +164,7 @@ class StopRequest:
     def install(self):
         if threading.current_thread() is not threading.main_thread():
             return self
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in self.SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
             # restart interrupted system calls: Jittor asserts on an interrupted wait for its
             # kernel-cache lock (fcntl F_SETLKW), so a signal arriving while a kernel compiles
