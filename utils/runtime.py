@@ -19,6 +19,7 @@ process:
    ``DFORMER_MALLOC_TUNING=0`` to keep the defaults.
 5. Compiles Jittor's kernels in this process (:func:`_serial_kernel_compiles`),
    faster (:mod:`utils.kernel_compile`).
+6. Runs the command again when ``import jittor`` exits to ask for it (:class:`_JittorRestart`).
 
 Then :func:`init_device`, after importing jittor, selects CPU or CUDA and, on the
 CPU, switches to flush-to-zero (values below 1e-38 become 0; see
@@ -26,6 +27,8 @@ CPU, switches to flush-to-zero (values below 1e-38 become 0; see
 """
 import ctypes
 import glob
+import importlib.abc
+import importlib.util
 import json
 import os
 import shutil
@@ -210,6 +213,56 @@ def _serial_kernel_compiles():
         os.environ.setdefault("DISABLE_MULTIPROCESSING", "1")
 
 
+_RESTARTED = "DFORMER_JITTOR_RESTARTED"
+
+
+class _JittorRestart(importlib.abc.MetaPathFinder):
+    """Runs the command again in a fresh process when ``import jittor`` asks for it.
+
+    When Jittor rebuilds its utility library (jit_utils) in a cache that already had one (a
+    new compiler, a copied cache) it logs "please rerun your command" and calls
+    ``sys.exit(0)`` in the middle of the import: under ``log_silent`` the process ended with
+    status 0 and no output, nothing done. The rebuilt library loads in a new process, so the
+    command is run again (``sys.orig_argv``, once); a second request is an error.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "jittor":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        run_module = spec.loader.exec_module
+
+        def exec_module(module):
+            try:
+                run_module(module)
+            except SystemExit as exc:
+                if exc.code not in (0, None):
+                    raise
+                _restart()
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _restart():
+    if os.environ.get(_RESTARTED) == "1":
+        raise SystemExit("error: Jittor asked again for a restart after rebuilding its "
+                         "utilities; run the command with log_silent=0 to see why")
+    print("[runtime] Jittor rebuilt its utility library and needs a new process: running "
+          "the command again", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os.environ[_RESTARTED] = "1"
+    os.execv(sys.executable, sys.orig_argv)
+
+
+def _restart_when_jittor_asks():
+    if "jittor" not in sys.modules and not any(isinstance(f, _JittorRestart)
+                                               for f in sys.meta_path):
+        sys.meta_path.insert(0, _JittorRestart())
+
+
 def setup():
     """Prepare the environment Jittor reads at import (see the module docstring); idempotent."""
     global _DONE
@@ -222,6 +275,7 @@ def setup():
                       "oneDNN set-up may not take effect.", RuntimeWarning, stacklevel=2)
     os.environ.setdefault("log_silent", "1")  # keep Jittor's compile chatter out of the logs
     _serial_kernel_compiles()
+    _restart_when_jittor_asks()
     kernel_compile.install()
     _setup_cuda()
     _setup_dnnl()

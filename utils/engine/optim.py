@@ -211,11 +211,15 @@ def _constants(values, like):
     return [scalar(v, like) for v in values]
 
 
-# One OpenMP kernel updates up to _ADAMW_CHUNK tensors of a group: Jittor's own step
+# One OpenMP kernel updates _ADAMW_CHUNK tensors of a group: Jittor's own step
 # builds ~10 operators per tensor in Python and runs each tensor's update as a
 # single-threaded kernel (about 30 ms of Python and 20 ms of kernels per step for
 # DFormer-T's 500 tensors). Inputs: the step's scalars, then the parameters,
 # gradients, first and second moments of NT tensors; outputs: their new values.
+# Jittor compiles one kernel per number of inputs and rank of each, and a 257-input
+# source takes g++ 4-6 s: every tensor goes in flattened and the last chunk of a group is
+# filled up with a one-element dummy, so that one kernel serves every chunk of every
+# model (DFormer-T's first step compiled six of them, ~25 of its ~85 s).
 #
 # The arithmetic is that of Jittor's AdamW.step as g++ -Ofast compiles it (scalar
 # code, checked in its assembly): m1 = fma(g, 1-b0, b0*m), v1 = fma(v, b1, (g*g)*(1-b1)),
@@ -365,23 +369,28 @@ class AdamW(_StateMixin, jt.optim.AdamW):
                 p.update(p - step_size * m / denom)
 
     def _fused_step(self):
+        nt = _ADAMW_CHUNK
+        dummy = None
         for pg in self.param_groups:
             scalars = jt.array(self._scalars(pg, "float32")).stop_grad()
             items = [(p, g, m, v) for p, g, v, m in zip(pg["params"], pg["grads"], pg["values"],
                                                         pg["m"]) if not p.is_stop_grad()]
-            for start in range(0, len(items), _ADAMW_CHUNK):
-                chunk = items[start:start + _ADAMW_CHUNK]
-                columns = [list(column) for column in zip(*chunk)]
+            for start in range(0, len(items), nt):
+                chunk = items[start:start + nt]
+                columns = [[t.reshape(-1) for t in column] for column in zip(*chunk)]
+                if len(chunk) < nt:
+                    if dummy is None:
+                        dummy = jt.zeros((1,), "float32").stop_grad()
+                    for column in columns:
+                        column += [dummy] * (nt - len(chunk))
                 shapes = [tuple(p.shape) for p in columns[0]]
-                outs = jt.code(shapes * 3, ["float32"] * (3 * len(chunk)),
+                outs = jt.code(shapes * 3, ["float32"] * (3 * nt),
                                [scalars] + columns[0] + columns[1] + columns[2] + columns[3],
-                               cpu_header=_ADAMW_HEADER,
-                               cpu_src=_adamw_source(len(chunk)))
-                nt = len(chunk)
+                               cpu_header=_ADAMW_HEADER, cpu_src=_adamw_source(nt))
                 for i, (p, _, m, v) in enumerate(chunk):
-                    m.update(outs[nt + i])
-                    v.update(outs[2 * nt + i])
-                    p.update(outs[i])
+                    m.update(outs[nt + i].reshape(m.shape))
+                    v.update(outs[2 * nt + i].reshape(v.shape))
+                    p.update(outs[i].reshape(p.shape))
 
     def step(self, loss=None, retain_graph=False):
         self.pre_step(loss, retain_graph)    # the gradients first: the fused check sees them
