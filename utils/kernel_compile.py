@@ -26,13 +26,13 @@ on the command). ``DFORMER_FAST_COMPILE=0`` keeps Jittor's own way.
 """
 import ctypes
 import hashlib
-import importlib.abc
-import importlib.util
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
+
+from utils import jittor_import
 
 ENV_VAR = "DFORMER_FAST_COMPILE"
 STATUS = "off"
@@ -83,28 +83,12 @@ def install():
         return
     if not sys.platform.startswith("linux"):
         return
-    if any(isinstance(f, _AfterJittorImport) for f in sys.meta_path):
-        return
-    sys.meta_path.insert(0, _AfterJittorImport())
+    jittor_import.wrap(_configure_after_import, "kernel_compile")
 
 
-class _AfterJittorImport(importlib.abc.MetaPathFinder):
-    """Finds ``jittor`` as usual and runs :func:`configure` once its module has executed."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "jittor":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        run_module = spec.loader.exec_module
-
-        def exec_module(module):
-            run_module(module)
-            configure(module)
-        spec.loader.exec_module = exec_module
-        return spec
+def _configure_after_import(run, module):
+    run(module)
+    configure(module)
 
 
 def configure(jt):

@@ -19,7 +19,7 @@ process:
    ``DFORMER_MALLOC_TUNING=0`` to keep the defaults.
 5. Compiles Jittor's kernels in this process (:func:`_serial_kernel_compiles`),
    faster (:mod:`utils.kernel_compile`).
-6. Runs the command again when ``import jittor`` exits to ask for it (:class:`_JittorRestart`).
+6. Runs the command again when ``import jittor`` exits to ask for it (:func:`_run_again_on_exit`).
 
 Then :func:`init_device`, after importing jittor, selects CPU or CUDA and, on the
 CPU, switches to flush-to-zero (values below 1e-38 become 0; see
@@ -27,8 +27,6 @@ CPU, switches to flush-to-zero (values below 1e-38 become 0; see
 """
 import ctypes
 import glob
-import importlib.abc
-import importlib.util
 import json
 import os
 import shutil
@@ -36,7 +34,7 @@ import sys
 import tempfile
 import warnings
 
-from utils import cuda_toolkit, kernel_compile
+from utils import cuda_toolkit, jittor_import, kernel_compile
 
 _DNNL_DIRNAME = "dnnl_lnx_2.2.0_cpu_gomp"  # the folder name jittor's setup_mkl expects
 _SYSTEM_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
@@ -216,7 +214,7 @@ def _serial_kernel_compiles():
 _RESTARTED = "DFORMER_JITTOR_RESTARTED"
 
 
-class _JittorRestart(importlib.abc.MetaPathFinder):
+def _run_again_on_exit(run, module):
     """Runs the command again in a fresh process when ``import jittor`` asks for it.
 
     When Jittor rebuilds its utility library (jit_utils) in a cache that already had one (a
@@ -225,25 +223,12 @@ class _JittorRestart(importlib.abc.MetaPathFinder):
     status 0 and no output, nothing done. The rebuilt library loads in a new process, so the
     command is run again (``sys.orig_argv``, once); a second request is an error.
     """
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "jittor":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            return spec
-        run_module = spec.loader.exec_module
-
-        def exec_module(module):
-            try:
-                run_module(module)
-            except SystemExit as exc:
-                if exc.code not in (0, None):
-                    raise
-                _restart()
-        spec.loader.exec_module = exec_module
-        return spec
+    try:
+        run(module)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+        _restart()
 
 
 def _restart():
@@ -255,12 +240,6 @@ def _restart():
     sys.stdout.flush()
     os.environ[_RESTARTED] = "1"
     os.execv(sys.executable, sys.orig_argv)
-
-
-def _restart_when_jittor_asks():
-    if "jittor" not in sys.modules and not any(isinstance(f, _JittorRestart)
-                                               for f in sys.meta_path):
-        sys.meta_path.insert(0, _JittorRestart())
 
 
 def setup():
@@ -275,7 +254,7 @@ def setup():
                       "oneDNN set-up may not take effect.", RuntimeWarning, stacklevel=2)
     os.environ.setdefault("log_silent", "1")  # keep Jittor's compile chatter out of the logs
     _serial_kernel_compiles()
-    _restart_when_jittor_asks()
+    jittor_import.wrap(_run_again_on_exit, "restart")
     kernel_compile.install()
     _setup_cuda()
     _setup_dnnl()
