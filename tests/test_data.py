@@ -551,3 +551,27 @@ def test_dataset_reads_16bit_depth(tmp_path):
     u8 = T.depth_to_uint8(mm)
     np.testing.assert_array_equal(item["depth"], T.to_chw_float32(T.normalize_depth(
         np.dstack([u8, u8, u8]))))
+
+
+@pytest.mark.parametrize("mean, std", [(MEAN, STD), ((0.48,) * 3, (0.28,) * 3)])
+def test_table_normalisation_equals_the_arithmetic_bit_for_bit(mean, std):
+    img = np.random.default_rng(0).integers(0, 256, (37, 23, 3), dtype=np.uint8)
+    img[0, :3] = [[0, 0, 0], [255, 255, 255], [1, 128, 254]]
+    want = T.to_chw_float32(T.normalize(img, mean, std))
+    got = T.ChannelTable(mean, std)(img)
+    assert got.dtype == np.float32 and got.shape == (3, 37, 23)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    # other dtypes take the arithmetic
+    as_float = img.astype(np.float32)
+    assert np.array_equal(T.ChannelTable(mean, std)(as_float), T.to_chw_float32(T.normalize(as_float, mean, std)))
+
+
+@pytest.mark.parametrize("shape, origin", [((50, 60), (3, 7)),     # larger: plain cut
+                                           ((20, 60), (0, 30)),    # shorter: centred padding
+                                           ((50, 33), (41, 0))])   # cut one short at the end
+def test_crop_normalize_pad_equals_normalize_then_crop_and_pad(shape, origin):
+    img = np.random.default_rng(1).integers(0, 256, shape + (3,), dtype=np.uint8)
+    crop = (32, 40)
+    want = T.to_chw_float32(T.crop_and_pad(T.normalize(img, MEAN, STD), origin, crop, 0.0))
+    got = T.crop_normalize_pad(img, origin, crop, T.ChannelTable(MEAN, STD))
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
