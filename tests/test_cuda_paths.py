@@ -11,10 +11,10 @@ import pytest
 from utils.engine import optim
 
 # the op modules (models.ops and models.losses export functions of the same names)
-(_common, activation, batch_norm, denormals, depthwise, geometry_attention, interpolate,
+(_common, activation, batch_norm, concat, denormals, depthwise, geometry_attention, interpolate,
  normalization, pointwise, softmax) = (importlib.import_module("models.ops." + name) for name in (
-    "_common", "activation", "batch_norm", "denormals", "depthwise", "geometry_attention",
-    "interpolate", "normalization", "pointwise", "softmax"))
+    "_common", "activation", "batch_norm", "concat", "denormals", "depthwise",
+    "geometry_attention", "interpolate", "normalization", "pointwise", "softmax"))
 cross_entropy = importlib.import_module("models.losses.cross_entropy")
 
 
@@ -25,6 +25,7 @@ def _x(*shape):
 CASES = {
     "activation": lambda: activation.can_use(_x(2, 16, 4, 4)),
     "batch_norm": lambda: batch_norm.can_use(_x(2, 16, 4, 4)),
+    "concat": lambda: concat.can_use(_x(2, 3), _x(2, 5)),
     "denormals": lambda: denormals.can_use(),
     "depthwise": lambda: depthwise.can_use(_x(2, 16, 8, 8), _x(16, 1, 3, 3)),
     "geometry_attention": lambda: geometry_attention.can_use(_x(1, 2, 16, 16), _x(1, 2, 16, 32),

@@ -10,7 +10,7 @@ from jittor import nn, init
 
 from ..errors import ConfigError
 from ..layers import BatchNorm2d, Conv2d, ConvModule, Dropout2d
-from ..ops import resize, softmax
+from ..ops import concat, resize, softmax, stack, unstack
 
 __all__ = ["BaseDecodeHead", "NMF2D", "Hamburger", "LightHamHead",
            "init_decoder_weights", "configure_norms"]
@@ -99,7 +99,7 @@ class BaseDecodeHead(nn.Module):
         xs = [feats[i] for i in self.in_index]
         size = xs[0].shape[2:]
         xs = [resize(x, size, align_corners=self.align_corners) for x in xs]
-        return jt.concat(xs, dim=1)
+        return concat(xs, 1)
 
     def cls_seg(self, x):
         """Dropout2d (training only) then the 1x1 classifier."""
@@ -182,9 +182,8 @@ class NMF2D(nn.Module):
         mats = x.reshape((n, d, h * w))
         bases = self.draw_bases(n, d, str(x.dtype))
         steps = self.train_steps if self.is_training() else self.eval_steps
-        outs = [self._factorise(mats[i], bases[i], steps) for i in range(n)]
-        out = outs[0].unsqueeze(0) if n == 1 else jt.stack(outs, dim=0)
-        return out.reshape((b, c, h, w))
+        outs = [self._factorise(m, bi, steps) for m, bi in zip(unstack(mats), unstack(bases))]
+        return stack(outs).reshape((b, c, h, w))
 
     def extra_repr(self):
         return (f"S={self.S}, R={self.R}, train_steps={self.train_steps}, "

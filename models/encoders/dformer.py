@@ -23,7 +23,8 @@ import jittor as jt
 from jittor import nn
 
 from ..layers import BatchNorm2d, DropPath, GELU, drop_path_rates, pool_matrix
-from ..ops import depthwise_conv, interp_matrix, layer_norm, scalar, softmax
+from ..ops import (concat, depthwise_conv, interp_matrix, layer_norm, scalar, softmax, stack,
+                   unstack)
 
 __all__ = ["DFormer", "dformer_tiny", "dformer_small", "dformer_base", "dformer_large"]
 
@@ -75,16 +76,9 @@ class FoldedBiasLinear(nn.Linear):
         return nn.matmul_transpose(ones, weight)
 
 
-def _item(x, i):
-    """``x[i]`` along the batch axis; a free reshape when the batch has one element."""
-    return x.reshape(x.shape[1:]) if x.shape[0] == 1 else x[i]
-
-
 def _mix_rows(mat, x):
     """``mat @ x[b]`` for every b: mat (P, N), x (B, N, C) -> (B, P, C), as 2-D products."""
-    if x.shape[0] == 1:
-        return jt.matmul(mat, _item(x, 0)).unsqueeze(0)
-    return jt.stack([jt.matmul(mat, x[b]) for b in range(x.shape[0])], 0)
+    return stack([jt.matmul(mat, xb) for xb in unstack(x)])
 
 
 # ---------------------------------------------------------------------------
@@ -198,8 +192,8 @@ class Attention(nn.Module):
         pool_np, up_np = _pool_interp_matrices(h, w, self.window, np.dtype(str(t.dtype)))
         pool, up = scalar(pool_np, t), scalar(up_np, t)
 
-        pooled = jt.concat([_mix_rows(pool, x.reshape(b, n, c)),
-                            _mix_rows(pool, x_e.reshape(b, n, half))], -1)
+        pooled = concat([_mix_rows(pool, x.reshape(b, n, c)),
+                         _mix_rows(pool, x_e.reshape(b, n, half))], -1)
         query = self.short_cut_linear(pooled) * scalar(head_dim ** -0.5, t)  # (B, win2, C/2)
 
         # kv's output is [keys | values], head-major. Both halves are computed
@@ -218,13 +212,12 @@ class Attention(nn.Module):
         query = (query.unsqueeze(1) * head_mask).reshape(b, heads * win2, half)
 
         outs = []
-        for i in range(b):
-            scores = nn.matmul_transpose(_item(query, i), _item(keys, i))   # (heads*win2, N)
-            mixed = jt.matmul(softmax(scores, -1), _item(values, i))         # (heads*win2, C/2)
+        for qi, ki, vi in zip(unstack(query), unstack(keys), unstack(values)):
+            scores = nn.matmul_transpose(qi, ki)                             # (heads*win2, N)
+            mixed = jt.matmul(softmax(scores, -1), vi)                       # (heads*win2, C/2)
             mixed = (mixed.reshape(heads, win2, half) * head_mask).sum(0)    # (win2, C/2)
             outs.append(jt.matmul(up, mixed + value_bias))                   # (N, C/2)
-        out = outs[0].unsqueeze(0) if b == 1 else jt.stack(outs, 0)
-        return out.reshape(b, h, w, half)
+        return stack(outs).reshape(b, h, w, half)
 
     def execute(self, x, x_e):
         x = self.norm(x)
@@ -238,7 +231,7 @@ class Attention(nn.Module):
         if self.window:
             branches.append(self.pooled_attention(x, x_e, t))
         branches.append(cut * e)
-        mixed = jt.concat(branches, -1)
+        mixed = concat(branches, -1)
         out_e = None if self.drop_depth else self.proj_e(mixed)
         return self.proj(mixed), out_e
 

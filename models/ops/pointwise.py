@@ -10,6 +10,7 @@ import jittor as jt
 from jittor import nn
 
 from ._common import fused_for
+from .concat import stack, unstack
 
 
 def pointwise_conv_plain(x, weight, bias=None):
@@ -27,11 +28,7 @@ def pointwise_conv(x, weight, bias=None):
     b, c, h, w = x.shape
     o = weight.shape[0]
     wm = weight.reshape((o, c))
-    if b == 1:
-        y = jt.matmul(wm, x.reshape((c, h * w))).reshape((1, o, h, w))
-    else:
-        y = jt.stack([jt.matmul(wm, x[i].reshape((c, h * w))) for i in range(b)])
-        y = y.reshape((b, o, h, w))
+    y = stack([jt.matmul(wm, xi.reshape((c, h * w))) for xi in unstack(x)]).reshape((b, o, h, w))
     if bias is not None:
         y = y + bias.reshape((1, o, 1, 1))
     return y
