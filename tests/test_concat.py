@@ -1,4 +1,4 @@
-"""models/ops/concat.py: concatenation and splitting as copies in one kernel.
+"""models/ops/concat.py: concatenation, stacking and unstacking as copies in one kernel.
 
 Only copies, so the fused path must give the plain operators' values and gradients
 bit for bit (not merely to rounding), and so must a whole DFormer training step.
@@ -59,15 +59,6 @@ def test_concat_equals_jittor_concat(shapes, axis):
     _assert_bit_identical(lambda *xs: ops.concat(list(xs), axis), _arrays(shapes))
 
 
-@pytest.mark.parametrize("shape, sizes, axis, used", [
-    ((2, 5, 7, 32), [16, 8, 8], -1, None),
-    ((6, 4, 3), [1, 2, 3], 0, None),
-    ((6, 4, 3), [2, 2], 1, [1]),                # an unused piece gets a zero gradient
-])
-def test_split_equals_slicing(shape, sizes, axis, used):
-    _assert_bit_identical(lambda x: ops.split(x, sizes, axis), _arrays([shape]), used)
-
-
 @pytest.mark.parametrize("batch", [2, 8])
 def test_stack_and_unstack_equal_jittor_stack_and_indexing(batch):
     arrays = _arrays([(batch, 9, 5)])
@@ -86,8 +77,6 @@ def test_bad_shapes_are_errors():
         ops.concat([a, b], 1)
     with pytest.raises(ValueError, match="cannot stack"):
         ops.stack([a, b])
-    with pytest.raises(ValueError, match="do not split"):
-        ops.split(b, [1, 1], 0)
     with pytest.raises(ValueError, match="out of range"):
         ops.concat([a, a], 2)
 

@@ -11,7 +11,7 @@ turns every fused path off, oneDNN's channels-last depthwise convolution include
 from ._common import ENV_VAR, fused_kernels, fused_kernels_enabled, scalar
 from .activation import gelu
 from .batch_norm import batch_norm_train, batch_norm_train_synced
-from .concat import concat, split, stack, unstack
+from .concat import concat, stack, unstack
 from .denormals import flush_to_zero
 from .depthwise import depthwise_conv
 from .geometry_attention import COLS, FULL, ROWS, StageGeometry, geo_attention
@@ -21,7 +21,7 @@ from .normalization import layer_norm
 from .softmax import softmax
 
 __all__ = ["ENV_VAR", "fused_kernels", "fused_kernels_enabled", "scalar", "gelu",
-           "batch_norm_train", "batch_norm_train_synced", "concat", "split", "stack", "unstack",
+           "batch_norm_train", "batch_norm_train_synced", "concat", "stack", "unstack",
            "flush_to_zero",
            "depthwise_conv", "geo_attention", "StageGeometry", "ROWS", "COLS", "FULL",
            "resize", "interp_matrix", "layer_norm", "pointwise_conv",

@@ -1,4 +1,4 @@
-"""Concatenation along one axis and its inverse, splitting, as copies in one kernel.
+"""Concatenation along one axis, stacking and unstacking, as copies in one kernel each way.
 
 Jittor concatenates by filling a zero tensor and then writing each piece into it (one
 single-threaded pass per piece), and the gradient of every slice ``x[i]`` is a zero
@@ -132,39 +132,6 @@ def concat(xs, axis=0):
     out = _FusedConcat()(*[x.reshape((rows, -1)) for x in xs])
     shape[ax] = sum(int(x.shape[ax]) for x in xs)
     return out.reshape(shape)
-
-
-def split_plain(x, sizes, axis):
-    ax = _axis(x.ndim, axis)
-    pieces, start = [], 0
-    for s in sizes:
-        index = [slice(None)] * ax + [slice(start, start + s)]
-        pieces.append(x[tuple(index)])
-        start += s
-    return pieces
-
-
-def split(x, sizes, axis=0):
-    """``x`` cut along ``axis`` into pieces of ``sizes`` (they must add up to its length)."""
-    ax = _axis(x.ndim, axis)
-    sizes = [int(s) for s in sizes]
-    if sum(sizes) != int(x.shape[ax]) or any(s <= 0 for s in sizes):
-        raise ValueError(f"sizes {sizes} do not split axis {axis} of length {x.shape[ax]}")
-    if len(sizes) == 1:
-        return [x]
-    if not can_use(x):
-        return split_plain(x, sizes, axis)
-    rows = _rows(x.shape, ax)
-    inner = 1
-    for s in x.shape[ax + 1:]:
-        inner *= int(s)
-    pieces = _FusedSplit([s * inner for s in sizes])(x.reshape((rows, -1)))
-    out = []
-    for s, p in zip(sizes, pieces):
-        shape = list(x.shape)
-        shape[ax] = s
-        out.append(p.reshape(shape))
-    return out
 
 
 def stack(xs):
