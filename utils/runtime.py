@@ -34,7 +34,7 @@ import sys
 import tempfile
 import warnings
 
-from utils import cuda_toolkit, jittor_import, kernel_compile
+from utils import cuda_toolkit, jittor_import, kernel_compile, signal_safety
 
 _DNNL_DIRNAME = "dnnl_lnx_2.2.0_cpu_gomp"  # the folder name jittor's setup_mkl expects
 _SYSTEM_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
@@ -282,7 +282,8 @@ def init_device(use_cuda=None):
     On the CPU the main thread also goes to flush-to-zero mode before any compute
     thread starts: denormal products (DFormer-B inference with random weights makes
     them) are slow in the x86 FPU, and would make a resumed run round differently
-    from an uninterrupted one. Returns "cuda" or "cpu".
+    from an uninterrupted one. Then the OpenMP workers start with asynchronous signals
+    blocked (:mod:`utils.signal_safety`). Returns "cuda" or "cpu".
     """
     global FTZ_STATUS
     import jittor as jt
@@ -301,10 +302,12 @@ def init_device(use_cuda=None):
     jt.flags.use_cuda = 1 if use_cuda else 0
     if use_cuda:
         FTZ_STATUS = "n/a (CUDA)"
-        return "cuda"
-    from models.ops import flush_to_zero
-    FTZ_STATUS = "on" if flush_to_zero() else "off"
-    return "cpu"
+    else:
+        from models.ops import flush_to_zero
+        FTZ_STATUS = "on" if flush_to_zero() else "off"
+    # after flush-to-zero: the OpenMP workers started here inherit it
+    signal_safety.shield()
+    return "cuda" if use_cuda else "cpu"
 
 
 def require_cuda():
@@ -322,4 +325,5 @@ def describe():
     return (f"jittor {jt.__version__}, device {device}, CUDA: {cuda_toolkit.STATUS}, "
             f"threads {os.cpu_count()}, "
             f"oneDNN: {DNNL_STATUS}, malloc: {MALLOC_STATUS}, kernel compiles: "
-            f"{kernel_compile.STATUS}, flush-to-zero: {FTZ_STATUS}")
+            f"{kernel_compile.STATUS}, flush-to-zero: {FTZ_STATUS}, "
+            f"signals: {signal_safety.STATUS}")
