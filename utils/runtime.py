@@ -23,7 +23,8 @@ process:
 
 Then :func:`init_device`, after importing jittor, selects CPU or CUDA and, on the
 CPU, switches to flush-to-zero (values below 1e-38 become 0; see
-:mod:`models.ops.denormals`) for training and inference alike.
+:mod:`models.ops.denormals`) for training and inference alike; then it keeps signals
+off the threads that run oneDNN's matrix products (:mod:`utils.signal_safety`).
 """
 import ctypes
 import glob

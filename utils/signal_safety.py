@@ -6,10 +6,11 @@ Jittor's matmul calls) point the stack register at a heap buffer while they run
 distributions ship). A signal delivered to a thread in such a kernel has its frame
 (about 3.5 KB with the AVX-512 registers) written below that stack pointer, i.e. into
 the heap; glibc aborts later ("corrupted size vs. prev_size") or the process segfaults.
-Seen as one rank of an MPI job dying on ~10% of Ctrl-C's (mpirun forwards SIGUSR1 to
-the ranks), and reproduced in one process by sending SIGUSR1 every few milliseconds
-while it trains DFormer-Tiny: a crash within seconds, with or without our fused
-kernels, even with a C handler that does nothing.
+Seen as one rank of an MPI job dying on 1 in 30 (quiet machine) to 1 in 5 (busy) of
+a test's Ctrl-C's (mpirun forwards SIGUSR1 to the ranks), and reproduced in one
+process by sending SIGUSR1 every few milliseconds while it trains DFormer-Tiny: a
+crash within seconds, with or without our fused kernels, even with a C handler that
+does nothing.
 
 :func:`shield` takes two measures, once, before any compute thread exists:
 
