@@ -35,8 +35,9 @@ if mode == "masks":
         with open(f"/proc/self/task/{tid}/status") as f:
             line = next(l for l in f if l.startswith("SigBlk:"))
         masks[int(tid)] = int(line.split()[1], 16)
-    print("MASKS " + json.dumps({"main": os.getpid(), "masks": masks, "status": signal_safety.STATUS,
-                               "alt_stack": signal_safety.alt_stack_size()}), flush=True)
+    report = {"main": os.getpid(), "masks": masks, "status": signal_safety.STATUS,
+              "alt_stack": signal_safety.alt_stack_size()}
+    print("MASKS " + json.dumps(report), flush=True)
     sys.exit(0)
 handled = [0]
 def count(signum, frame):
