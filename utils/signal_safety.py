@@ -24,8 +24,10 @@ does nothing.
 Fault signals (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS) stay unblocked.
 """
 import ctypes
+import functools
 import os
 import signal
+import threading
 
 STATUS = "not set"
 
@@ -47,16 +49,21 @@ def asynchronous_signals():
     return signal.valid_signals() - _FAULTS - {signal.SIGKILL, signal.SIGSTOP}
 
 
+@functools.lru_cache(maxsize=None)
+def _libc():
+    return ctypes.CDLL("libc.so.6", use_errno=True)
+
+
 def alt_stack_size():
     """Size of the calling thread's alternate signal stack (0 when it has none)."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
     current = _StackT()
-    if libc.sigaltstack(None, ctypes.byref(current)) != 0:
+    if _libc().sigaltstack(None, ctypes.byref(current)) != 0:
         return 0
     return 0 if current.ss_flags & _SS_DISABLE else int(current.ss_size)
 
 
-def _give_main_thread_alt_stack(libc):
+def _give_main_thread_alt_stack():
+    libc = _libc()
     if alt_stack_size() >= _ALT_STACK_BYTES:   # e.g. faulthandler's, when large enough
         return True
     libc.malloc.restype = ctypes.c_void_p
@@ -75,7 +82,7 @@ def _thread_count():
         return -1
 
 
-def _start_openmp_workers_masked(libc):
+def _start_openmp_workers_masked():
     """Run one empty OpenMP parallel region (each thread calls ``free(NULL)``) with the
     asynchronous signals blocked: libgomp creates its worker threads there, and they
     keep the creator's mask. Returns how many threads it started."""
@@ -91,7 +98,7 @@ def _start_openmp_workers_masked(libc):
     before = _thread_count()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, asynchronous_signals())
     try:
-        parallel(ctypes.cast(libc.free, ctypes.c_void_p), None, 0, 0)
+        parallel(ctypes.cast(_libc().free, ctypes.c_void_p), None, 0, 0)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return _thread_count() - before
@@ -104,23 +111,22 @@ def shield():
     if _DONE:
         return STATUS
     _DONE = True
-    import threading
     if not os.path.isdir("/proc/self/task") or \
             threading.current_thread() is not threading.main_thread():
         STATUS = "not applicable"
         return STATUS
     try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        _libc()
     except OSError:
         STATUS = "not applicable (no glibc)"
         return STATUS
-    alt = _give_main_thread_alt_stack(libc)
-    started = _start_openmp_workers_masked(libc)
+    alt = _give_main_thread_alt_stack()
+    started = _start_openmp_workers_masked()
     parts = ["main thread alternate stack" if alt else "no alternate stack (sigaltstack failed)"]
     if started is None:
         parts.append("no libgomp")
     elif started > 0:
-        parts.append(f"{started} OpenMP workers with signals blocked")
+        parts.append(f"OpenMP workers started with signals blocked: {started}")
     else:
         parts.append("no OpenMP worker started (one thread, or they existed before)")
     STATUS = ", ".join(parts)
